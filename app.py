@@ -1,0 +1,439 @@
+"""Flask + Microsoft Entra ID: sign in, sign out, and call Microsoft Graph /me.
+
+Where things happen:
+* sign-in starts in `login()` and completes in `auth_response()` (at REDIRECT_PATH);
+* the access token is fetched in `call_downstream_api()` with `auth.get_token_for_user`;
+* Graph is called through `downstream.DownstreamApi.get_json`.
+
+`flask run` finds `create_app()` here; `gunicorn 'app:create_app()'` serves it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import uuid
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+import requests
+from flask import (
+    Flask,
+    current_app,
+    g,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from flask_wtf.csrf import CSRFError, CSRFProtect, generate_csrf
+from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+import app_config
+from downstream import DownstreamApi, DownstreamError, PermissionMissing, Throttled, TokenRejected
+from entra_auth import EntraAuth, IdentityProviderUnavailable, IdTokenRejected
+from sessions import SIGNED_IN_KEY, init_sessions
+
+logger = logging.getLogger(__name__)
+
+# Token errors that a new interactive sign-in fixes.
+SIGN_IN_AGAIN_ERRORS = {"interaction_required", "invalid_grant", "login_required", "no_account"}
+CONSENT_ERRORS = {"consent_required", "invalid_scope"}
+ALLOWED_PROMPTS = {"select_account", "consent", "login"}
+
+SECURITY_HEADERS = {
+    # No inline script anywhere; the app never needs to be framed. form-action is left
+    # out on purpose: sign-out posts to us and is then redirected to the identity
+    # provider, which browsers check against form-action too.
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    # The auth code travels in the callback's query string: never send it anywhere.
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    app = Flask(__name__, instance_relative_config=True)
+    Path(app.instance_path).mkdir(parents=True, exist_ok=True)
+
+    if test_config is None:
+        app_config.load_dotenv_file()
+        settings = app_config.load()
+    else:  # tests are hermetic: the developer's environment and .env do not leak in
+        settings = app_config.load({})
+    app.config.from_mapping(
+        settings,
+        SESSION_FILE_DIR=str(Path(app.instance_path) / "sessions"),
+        SESSION_COOKIE_NAME="session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=False,  # also Secure per request whenever it came over https
+        # A page view that changed nothing writes nothing and sends no Set-Cookie.
+        SESSION_REFRESH_EACH_REQUEST=False,
+        WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the session it is bound to
+    )
+    if test_config is not None:
+        app.config.from_mapping(test_config)
+    app.config["PERMANENT_SESSION_LIFETIME"] = app.config["SESSION_LIFETIME_SECONDS"]
+    _set_secret_key(app)
+
+    problems = app_config.problems(app.config)
+    app.extensions["config_problems"] = problems
+    if any(p.key in ("SESSION_TYPE", "REDIS_URL") for p in problems):
+        app.config["SESSION_TYPE"] = "filesystem"  # enough to show the configuration page
+    init_sessions(app, on_write_failure=_session_write_failed)
+    CSRFProtect(app)
+    _quiet_query_strings_in_request_logs()
+
+    if app.config["PROXY_COUNT"] > 0:
+        n = app.config["PROXY_COUNT"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n, x_prefix=n)
+
+    auth = EntraAuth(
+        session=session,
+        client_id=app.config["CLIENT_ID"],
+        client_credential=app.config["CLIENT_SECRET"],
+        authority=(app.config["AUTHORITY"] or app_config.b2c_authority(app.config)) or None,
+        oidc_authority=app.config["OIDC_AUTHORITY"] or None,
+        pool_size=app.config["DOWNSTREAM_POOL_SIZE"],
+    )
+    api = DownstreamApi(app.config["ENDPOINT"], pool_size=app.config["DOWNSTREAM_POOL_SIZE"])
+    app.extensions["auth"] = auth
+    app.extensions["downstream_api"] = api
+
+    _register_hooks(app)
+    _register_template_filters(app)
+    _register_error_handlers(app)
+    _register_routes(app, auth, api)
+    return app
+
+
+# --- routes ----------------------------------------------------------------------------
+
+
+def _register_routes(app: Flask, auth: EntraAuth, api: DownstreamApi) -> None:
+    scope = app.config["SCOPE"]
+
+    def signed_in_user():
+        """The signed-in user's id-token claims, or None. May refresh an expired id token."""
+        if "user" not in g:
+            g.user = auth.get_user()
+        return g.user
+
+    @app.get("/")
+    def index():
+        return render_template("index.html", user=signed_in_user())
+
+    @app.get("/login")
+    def login():
+        prompt = request.args.get("prompt")
+        flow = auth.log_in(
+            scopes=scope,
+            redirect_uri=url_for("auth_response", _external=True),
+            prompt=prompt if prompt in ALLOWED_PROMPTS else "select_account",
+            next_link=safe_next_path(request.args.get("next")),
+        )
+        if "error" in flow:
+            return _auth_error_page(flow, status=502)
+        return redirect(flow["auth_uri"])
+
+    def auth_response():
+        try:
+            result = auth.complete_log_in(request.args.to_dict())
+        except RuntimeError:  # MSAL: the id token's nonce is not the one we sent
+            auth.forget_pending_sign_in()
+            logger.warning("Sign-in refused: id token nonce mismatch")
+            return _sign_in_failed_page("The identity provider's answer did not match this sign-in.")
+        if "error" in result:
+            auth.forget_pending_sign_in()
+            status = 403 if result.get("error") == "access_denied" else 400
+            return _auth_error_page(result, status=status)
+        if not result:
+            return _sign_in_failed_page(
+                "This sign-in link was already used, has expired, or was started in another browser.")
+        # A new session id at sign-in: an id planted before sign-in is worth nothing after.
+        current_app.session_interface.regenerate(session)
+        session.pop("csrf_token", None)
+        generate_csrf()  # stored now, so that later page views need no session write
+        return redirect(safe_next_path(result.get("next_link")))
+
+    app.add_url_rule(app.config["REDIRECT_PATH"], "auth_response", auth_response, methods=["GET"])
+
+    @app.get("/logout")
+    def logout_confirm():
+        return render_template("logout.html", user=session.get(SIGNED_IN_KEY))
+
+    @app.post("/logout")
+    def logout():
+        home = url_for("index", _external=True)
+        post_logout = quote(home, safe="")  # identity does not encode it
+        end_session_url = auth.log_out(post_logout)
+        session.clear()  # deletes the server-side session and the cookie
+        if end_session_url == post_logout:  # identity's fallback: no end-session endpoint
+            return render_template(
+                "error.html", status=503, title="Signed out of this app only",
+                message="You are signed out here, but Microsoft Entra ID can't be reached to end "
+                        "your session there. Close the browser to be fully signed out.",
+                action_url=url_for("index"), action_label="Back to the home page"), 503
+        return redirect(end_session_url, code=303)
+
+    @app.get("/call_downstream_api")
+    def call_downstream_api():
+        if signed_in_user() is None:
+            return redirect(url_for("login", next=request.path))
+        token = auth.get_token_for_user(scope)
+        if "error" in token:
+            return _token_error_response(token)
+        try:
+            profile = api.get_json(token["access_token"])
+        except TokenRejected:
+            # Revoked or expired early: one more try with a freshly refreshed token.
+            token = auth.get_token_for_user(scope, force_refresh=True)
+            if "error" in token:
+                return _token_error_response(token)
+            try:
+                profile = api.get_json(token["access_token"])
+            except TokenRejected:
+                return redirect(url_for("login", next=request.path))
+        return render_template("display.html", user=signed_in_user(), profile=profile)
+
+    @app.get("/healthz")
+    def healthz():
+        store = current_app.session_interface
+        body = {"status": "ok", "session_store": "ok"}
+        if g.get("session_store_error") is not None:
+            body.update(status="unavailable", session_store=_describe(g.session_store_error))
+        else:
+            try:
+                store.ping()
+            except Exception as exc:  # noqa: BLE001 (any failure of the store is the answer here)
+                body.update(status="unavailable", session_store=_describe(exc))
+        if current_app.extensions["config_problems"]:
+            body.update(status="unconfigured",
+                        configuration=[p.key for p in current_app.extensions["config_problems"]])
+        return jsonify(body), (200 if body["status"] == "ok" else 503)
+
+
+def _token_error_response(result: dict):
+    error = result.get("error", "")
+    description = result.get("error_description", "") or ""
+    if error in CONSENT_ERRORS or result.get("suberror") == "consent_required" or "AADSTS65001" in description:
+        return render_template(
+            "consent.html", scopes=current_app.config["SCOPE"],
+            consent_url=url_for("login", prompt="consent", next=request.path)), 403
+    if error in SIGN_IN_AGAIN_ERRORS:
+        return redirect(url_for("login", next=request.path))
+    logger.warning("Token request failed: %s", error)
+    return _auth_error_page(result, status=502, title="Microsoft Entra ID did not issue a token")
+
+
+def safe_next_path(value) -> str:
+    """A same-origin path to go to after sign-in; anything else becomes '/'."""
+    if not isinstance(value, str) or not value.startswith("/") or len(value) > 2048:
+        return "/"
+    if value.startswith("//") or "\\" in value or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        return "/"
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc:
+        return "/"
+    if parts.path in ("/login", "/logout", current_app.config["REDIRECT_PATH"]):
+        return "/"  # would loop or sign out right after signing in
+    return value
+
+
+# --- pages for things that went wrong -------------------------------------------------
+
+
+def _auth_error_page(result: dict, *, status: int, title: str | None = None):
+    error = str(result.get("error", "unknown_error"))
+    return render_template(
+        "auth_error.html",
+        title=title or ("Sign-in was cancelled" if error == "access_denied" else "Sign-in failed"),
+        error=error,
+        description=str(result.get("error_description", "")),
+    ), status
+
+
+def _sign_in_failed_page(reason: str):
+    return render_template(
+        "error.html", status=400, title="Sign-in could not be completed", message=reason,
+        action_url=url_for("login"), action_label="Try signing in again"), 400
+
+
+def _error_page(status: int, title: str, message: str, **extra):
+    return render_template("error.html", status=status, title=title, message=message, **extra), status
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:200]
+
+
+def _session_write_failed(response) -> None:
+    """Turn a response whose session change was lost into a 503 page."""
+    page, status = _error_page(503, "Sessions unavailable",
+                               "Your change could not be saved. Please try again in a moment.")
+    response.set_data(page)
+    response.status_code = status
+    response.headers.pop("Location", None)
+    response.headers["Retry-After"] = "5"
+
+
+def _register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        titles = {404: "Page not found", 405: "Method not allowed"}
+        response = _error_page(exc.code or 500, titles.get(exc.code, exc.name),
+                               exc.description if exc.code != 404 else "There is nothing at this address.")
+        if exc.code == 405 and exc.valid_methods:
+            return (*response, {"Allow": ", ".join(exc.valid_methods)})
+        return response
+
+    @app.errorhandler(CSRFError)
+    def csrf_error(exc):
+        return _error_page(400, "This form has expired",
+                           "For your safety the request was not carried out. Go back, reload the page and try again.",
+                           action_url=url_for("index"), action_label="Back to the home page")
+
+    @app.errorhandler(requests.RequestException)
+    @app.errorhandler(IdentityProviderUnavailable)
+    def identity_provider_unreachable(exc):
+        # Graph errors never get here (DownstreamApi turns them into DownstreamError):
+        # a raw requests exception comes from a call to the identity provider.
+        logger.warning("Identity provider unreachable: %s", _describe(exc))
+        timed_out = isinstance(exc, requests.Timeout) and not isinstance(exc, requests.ConnectionError)
+        status = 504 if timed_out else 503
+        page = _error_page(status, "Microsoft Entra ID can't be reached",
+                           "Signing in and getting tokens is not possible right now. Please try again in a minute.",
+                           action_url=request.path if request.method == "GET" else url_for("index"),
+                           action_label="Try again")
+        return (*page, {"Retry-After": "30"})
+
+    @app.errorhandler(IdTokenRejected)
+    def id_token_rejected(exc):
+        logger.warning("Sign-in refused: %s", exc)
+        session.clear()
+        return _error_page(400, "Sign-in refused", str(exc),
+                           action_url=url_for("index"), action_label="Back to the home page")
+
+    @app.errorhandler(DownstreamError)
+    def downstream_error(exc: DownstreamError):
+        logger.warning("Downstream API error %s: %s", exc.upstream_status, exc.message)
+        headers = {}
+        if isinstance(exc, PermissionMissing):
+            message = (f"The API refused the request: the app needs the delegated permission "
+                       f"{', '.join(current_app.config['SCOPE'])}, granted by you or an administrator.")
+        elif isinstance(exc, Throttled):
+            headers["Retry-After"] = str(exc.retry_after)
+            message = f"Microsoft Graph is throttling requests; try again in {exc.retry_after} s."
+        else:
+            message = f"{exc.message}"
+        page = _error_page(exc.status, exc.title, message,
+                           action_url=url_for("call_downstream_api"), action_label="Try again")
+        return (*page, headers)
+
+    @app.errorhandler(InternalServerError)
+    def internal_error(exc: InternalServerError):
+        request_id = uuid.uuid4().hex[:12]
+        original = getattr(exc, "original_exception", None) or exc
+        logger.error("Unhandled error, request id %s", request_id, exc_info=original)
+        return _error_page(500, "Something went wrong",
+                           "The error was logged. Quote this request id if you report it.",
+                           request_id=request_id)
+
+
+def _register_template_filters(app: Flask) -> None:
+    @app.template_filter("as_text")
+    def as_text(value) -> str:
+        """Graph values are strings, numbers or lists of them (businessPhones)."""
+        if isinstance(value, (list, tuple)):
+            return ", ".join(str(v) for v in value)
+        return str(value)
+
+    @app.template_filter("tojson_pretty")
+    def tojson_pretty(value) -> str:
+        # A plain string, so that Jinja's autoescaping applies (Flask's tojson is for scripts).
+        return json.dumps(value, indent=2, ensure_ascii=False)
+
+
+# --- every request --------------------------------------------------------------------
+
+
+def _register_hooks(app: Flask) -> None:
+    @app.context_processor
+    def layout_context():
+        user = g.user if "user" in g else (session.get(SIGNED_IN_KEY) if "session_store_error" not in g else None)
+        return {
+            "current_user": user,
+            "using_local_stand_in": app_config.uses_local_stand_in(current_app.config),
+        }
+
+    @app.before_request
+    def refuse_when_unusable():
+        if request.endpoint in (None, "static", "healthz"):
+            return None  # None: no such route, so the 404/405 page follows
+        problems = current_app.extensions["config_problems"]
+        if problems:
+            return render_template("config_error.html", problems=problems), 503
+        if g.get("session_store_error") is not None:
+            return (*_error_page(503, "Sessions unavailable",
+                                 "The session store can't be reached right now, so nobody can sign in or stay "
+                                 "signed in. Please try again in a moment."), {"Retry-After": "5"})
+        return None
+
+    @app.after_request
+    def security_headers(response):
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        if request.endpoint != "static":
+            response.headers["Cache-Control"] = "no-store"
+        if request.is_secure:
+            response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+        return response
+
+
+def _set_secret_key(app: Flask) -> None:
+    key = app.config.get("SECRET_KEY") or ""
+    problem = app_config.secret_key_problem(key)
+    if problem is None:
+        return
+    if not app_config.is_local_development(app.config):
+        raise RuntimeError(f"Refusing to start: {problem} {app_config.SIGNING_KEY_ADVICE}")
+    # Local development: one random key kept in the instance folder, so that every
+    # worker process and every restart agree on it.
+    key_file = Path(app.instance_path) / "dev_secret_key"
+    if not key_file.exists():
+        try:
+            with open(key_file, "x", encoding="ascii") as f:
+                key_file.chmod(0o600)
+                f.write(secrets.token_hex(32))
+        except FileExistsError:
+            pass  # another worker wrote it first
+    app.config["SECRET_KEY"] = key_file.read_text(encoding="ascii").strip() or app_config.ephemeral_secret_key()
+
+
+class _StripQueryString(logging.Filter):
+    """The dev server logs request lines; the auth code travels in a query string."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args and isinstance(record.args, tuple) and isinstance(record.args[0], str):
+            line = record.args[0]
+            if "?" in line:
+                method_path, _, rest = line.partition("?")
+                protocol = rest.rsplit(" ", 1)[-1] if " " in rest else ""
+                record.args = (f"{method_path}?[redacted] {protocol}".rstrip(), *record.args[1:])
+        return True
+
+
+def _quiet_query_strings_in_request_logs() -> None:
+    werkzeug_logger = logging.getLogger("werkzeug")
+    if not any(isinstance(f, _StripQueryString) for f in werkzeug_logger.filters):
+        werkzeug_logger.addFilter(_StripQueryString())

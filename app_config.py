@@ -1,0 +1,219 @@
+"""Every setting of the app, read once from the environment.
+
+`load()` turns an environment (normally `os.environ` after `.env` is loaded) into a
+plain dict of Flask config keys; `problems()` lists what is missing or contradictory
+so that the app can show a configuration page instead of failing. Nothing else in the
+app reads `os.environ`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from dotenv import load_dotenv
+
+PROJECT_DIR = Path(__file__).resolve().parent
+DOTENV_PATH = PROJECT_DIR / ".env"
+
+GRAPH_ME = "https://graph.microsoft.com/v1.0/me"
+
+# Values copied from templates and never replaced: treat them as unset.
+_PLACEHOLDER_MARKERS = ("enter_the", "<", "your_", "your-", "xxxxxxxx", "changeme")
+
+# Routes the app owns: REDIRECT_PATH must not shadow one of them.
+RESERVED_PATHS = {"/", "/login", "/logout", "/call_downstream_api", "/healthz"}
+
+SESSION_TYPES = ("filesystem", "redis")
+
+# A SECRET_KEY shorter than this is guessable enough to forge CSRF tokens.
+MIN_SECRET_KEY_LENGTH = 32
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the configuration, phrased for the person who fixes it."""
+
+    key: str
+    message: str
+    where: str = ""
+
+
+def load_dotenv_file(path: Path = DOTENV_PATH) -> bool:
+    """Load `.env` into the process environment without overriding what is already set.
+
+    `flask run` does this on its own; gunicorn does not, so `create_app()` calls it too.
+    """
+    return load_dotenv(path, override=False) if path.is_file() else False
+
+
+def _clean(value: str | None) -> str:
+    value = (value or "").strip()
+    if any(marker in value.lower() for marker in _PLACEHOLDER_MARKERS):
+        return ""
+    return value
+
+
+def _int(environ, key: str, default: int) -> int:
+    raw = (environ.get(key) or "").strip()
+    try:
+        return int(raw) if raw else default
+    except ValueError:
+        return default
+
+
+def load(environ=None) -> dict:
+    """Read every setting of the contract (see `.env.sample`) into Flask config keys."""
+    environ = os.environ if environ is None else environ
+    scope = (environ.get("SCOPE") or "").split() or ["User.Read"]
+    b2c_tenant = _clean(environ.get("B2C_TENANT_NAME"))
+    b2c_flow = _clean(environ.get("B2C_SIGNUP_SIGNIN_USER_FLOW"))
+    return {
+        "CLIENT_ID": _clean(environ.get("CLIENT_ID")),
+        "CLIENT_SECRET": _clean(environ.get("CLIENT_SECRET")),
+        "AUTHORITY": _clean(environ.get("AUTHORITY")).rstrip("/"),
+        "OIDC_AUTHORITY": _clean(environ.get("OIDC_AUTHORITY")).rstrip("/"),
+        "B2C_TENANT_NAME": b2c_tenant,
+        "B2C_SIGNUP_SIGNIN_USER_FLOW": b2c_flow,
+        "REDIRECT_PATH": (environ.get("REDIRECT_PATH") or "/getAToken").strip(),
+        "SCOPE": scope,
+        "ENDPOINT": (environ.get("ENDPOINT") or GRAPH_ME).strip(),
+        "SECRET_KEY": (environ.get("SECRET_KEY") or "").strip(),
+        "SESSION_TYPE": (environ.get("SESSION_TYPE") or "filesystem").strip().lower(),
+        "REDIS_URL": (environ.get("REDIS_URL") or "").strip(),
+        "SESSION_KEY_PREFIX": (environ.get("SESSION_KEY_PREFIX") or "msal-flask:session:").strip(),
+        # A signed-in session lives this long after its last change (a token refresh
+        # writes it again); a sign-in that was started and never finished, much less.
+        "SESSION_LIFETIME_SECONDS": _int(environ, "SESSION_LIFETIME_SECONDS", 8 * 3600),
+        "PENDING_SIGN_IN_LIFETIME_SECONDS": _int(environ, "PENDING_SIGN_IN_LIFETIME_SECONDS", 3600),
+        # How many reverse proxies stand in front (Azure App Service: 1). 0 trusts no
+        # X-Forwarded-* header, so a client cannot spoof its scheme or host.
+        "PROXY_COUNT": _int(environ, "PROXY_COUNT", 0),
+        # Size of the connection pool to the downstream API: at least the worker's threads.
+        "DOWNSTREAM_POOL_SIZE": _int(environ, "DOWNSTREAM_POOL_SIZE", 16),
+        # `flask run` sets this; it marks local development, where a random SECRET_KEY is fine.
+        "RUN_FROM_CLI": environ.get("FLASK_RUN_FROM_CLI") == "true",
+    }
+
+
+def b2c_authority(config) -> str:
+    """The authority that Azure AD B2C's tenant name and user flow stand for."""
+    tenant, flow = config.get("B2C_TENANT_NAME"), config.get("B2C_SIGNUP_SIGNIN_USER_FLOW")
+    return f"https://{tenant}.b2clogin.com/{tenant}.onmicrosoft.com/{flow}" if tenant and flow else ""
+
+
+def is_loopback_url(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def uses_local_stand_in(config) -> bool:
+    """True when the authority is on this machine: the local stand-in, never Entra ID."""
+    authority = config.get("OIDC_AUTHORITY") or config.get("AUTHORITY") or b2c_authority(config)
+    return bool(authority) and is_loopback_url(authority)
+
+
+def is_local_development(config) -> bool:
+    return bool(config.get("TESTING") or config.get("RUN_FROM_CLI") or uses_local_stand_in(config))
+
+
+def _https_with_path(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme == "https" and bool(parts.hostname) and parts.path.strip("/") != ""
+
+
+def problems(config) -> list[Problem]:
+    """Everything that keeps sign-in from working, each with where to find the value."""
+    found: list[Problem] = []
+    portal = "Microsoft Entra admin center > Identity > Applications > App registrations > your app"
+    if not config.get("CLIENT_ID"):
+        found.append(Problem(
+            "CLIENT_ID", "is not set.",
+            f"{portal} > Overview > Application (client) ID."))
+    if not config.get("CLIENT_SECRET"):
+        found.append(Problem(
+            "CLIENT_SECRET", "is not set.",
+            f"{portal} > Certificates & secrets > New client secret; copy its Value (not its Secret ID)."))
+
+    has_authority = bool(config.get("AUTHORITY"))
+    has_oidc = bool(config.get("OIDC_AUTHORITY"))
+    b2c_tenant, b2c_flow = config.get("B2C_TENANT_NAME"), config.get("B2C_SIGNUP_SIGNIN_USER_FLOW")
+    has_b2c = bool(b2c_tenant or b2c_flow)
+    shapes = [name for name, present in (
+        ("AUTHORITY", has_authority), ("OIDC_AUTHORITY", has_oidc),
+        ("B2C_TENANT_NAME/B2C_SIGNUP_SIGNIN_USER_FLOW", has_b2c)) if present]
+    if not shapes:
+        found.append(Problem(
+            "AUTHORITY", "is not set (nor OIDC_AUTHORITY, nor the B2C pair).",
+            "Workforce tenant: AUTHORITY=https://login.microsoftonline.com/<Directory (tenant) ID> "
+            f"({portal} > Overview). External ID: "
+            "OIDC_AUTHORITY=https://<tenant>.ciamlogin.com/<tenant>.onmicrosoft.com/v2.0. "
+            "Azure AD B2C: B2C_TENANT_NAME and B2C_SIGNUP_SIGNIN_USER_FLOW."))
+    elif len(shapes) > 1:
+        found.append(Problem(
+            shapes[0], f"contradicts {', '.join(shapes[1:])}: set exactly one authority shape.",
+            "Keep the one that matches your tenant type and remove the others from .env."))
+    elif has_b2c and not (b2c_tenant and b2c_flow):
+        missing = "B2C_TENANT_NAME" if not b2c_tenant else "B2C_SIGNUP_SIGNIN_USER_FLOW"
+        found.append(Problem(
+            missing, "is not set: Azure AD B2C needs both the tenant name and the user flow.",
+            "Azure AD B2C > User flows: the sign-up and sign-in flow's name, e.g. B2C_1_signupsignin1."))
+    else:
+        key = "OIDC_AUTHORITY" if has_oidc else "AUTHORITY"
+        if not _https_with_path(config.get(key, "")):
+            found.append(Problem(
+                key, "must be an https URL with a tenant path, such as https://login.microsoftonline.com/<tenant>.",
+                "MSAL refuses any other authority."))
+
+    redirect_path = config.get("REDIRECT_PATH", "")
+    if not redirect_path.startswith("/") or redirect_path.startswith("//") or "?" in redirect_path:
+        found.append(Problem("REDIRECT_PATH", "must be a path such as /getAToken.",
+                             "It must match the redirect URI registered under Authentication > Web."))
+    elif redirect_path.rstrip("/") in RESERVED_PATHS or redirect_path == "/":
+        found.append(Problem("REDIRECT_PATH", f"{redirect_path} is one of the app's own routes.",
+                             "Use /getAToken, and register http://localhost:5000/getAToken."))
+
+    endpoint = config.get("ENDPOINT", "")
+    parts = urlsplit(endpoint)
+    if not parts.hostname or parts.scheme not in ("https", "http") or (
+            parts.scheme == "http" and not is_loopback_url(endpoint)):
+        found.append(Problem("ENDPOINT", "must be an https URL (the token is sent to it).",
+                             f"Microsoft Graph: {GRAPH_ME}"))
+
+    session_type = config.get("SESSION_TYPE")
+    if session_type not in SESSION_TYPES:
+        found.append(Problem("SESSION_TYPE", f"must be one of {', '.join(SESSION_TYPES)}.", ""))
+    elif session_type == "redis" and not config.get("REDIS_URL"):
+        found.append(Problem("REDIS_URL", "is not set, but SESSION_TYPE=redis.",
+                             "redis://host:6379/0, or rediss://<name>.redis.cache.windows.net:6380/0 "
+                             "with the access key as password for Azure Cache for Redis."))
+    return found
+
+
+def secret_key_problem(secret_key: str) -> str | None:
+    """Why a SECRET_KEY is unfit for production, or None when it is fit."""
+    if not secret_key:
+        return "SECRET_KEY is not set."
+    if len(secret_key) < MIN_SECRET_KEY_LENGTH or len(set(secret_key)) < 8 or _clean(secret_key) == "":
+        return f"SECRET_KEY is too weak (use at least {MIN_SECRET_KEY_LENGTH} random characters)."
+    return None
+
+
+SIGNING_KEY_ADVICE = (
+    "Generate one with: python -c 'import secrets; print(secrets.token_hex(32))' "
+    "and set it as SECRET_KEY in the environment or in .env."
+)
+
+
+def ephemeral_secret_key() -> str:
+    """A per-process key for local development only: sessions do not outlive a restart."""
+    return secrets.token_hex(32)

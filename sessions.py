@@ -1,0 +1,136 @@
+"""Server-side sessions (Flask-Session) tuned for sign-in.
+
+What Flask-Session's stock interfaces lack, added here and nothing else:
+
+* A sign-in that was started and never finished expires within the hour; a signed-in
+  session lives for the configured lifetime. Anonymous visits to /login can then not
+  crowd out signed-in users.
+* The embedded file store never evicts a live session (cachelib's default threshold of
+  500 files does); expired files are swept instead, at most every few minutes.
+* A store that fails (Redis down, disk full) does not turn into a 500: the request gets
+  an empty session and `store_error()` tells the app to answer "sessions unavailable".
+* The cookie is Secure whenever the request came over https.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import timedelta
+
+import redis
+from cachelib.file import FileSystemCache
+from flask import Flask, g, request
+from flask_session.cachelib import CacheLibSessionInterface
+from flask_session.redis import RedisSessionInterface
+
+logger = logging.getLogger(__name__)
+
+SIGNED_IN_KEY = "_logged_in_user"  # where identity keeps the signed-in user's claims
+SWEEP_INTERVAL_SECONDS = 300
+
+STORE_ERRORS = (redis.RedisError, OSError, EOFError)
+
+
+class _SignInAwareSessions:
+    """Mixin for a Flask-Session interface (must come first in the bases)."""
+
+    pending_lifetime = timedelta(hours=1)
+    # Called with the response when the store refused a write, to turn it into an error page.
+    on_write_failure = None
+
+    def lifetime_for(self, app: Flask, session) -> timedelta:
+        if SIGNED_IN_KEY in session:
+            return app.permanent_session_lifetime
+        return min(self.pending_lifetime, app.permanent_session_lifetime)
+
+    def _upsert_session(self, session_lifetime, session, store_id):
+        super()._upsert_session(self.lifetime_for(self.app, session), session, store_id)
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        return bool(app.config["SESSION_COOKIE_SECURE"] or request.is_secure)
+
+    def open_session(self, app, request):
+        try:
+            return super().open_session(app, request)
+        except STORE_ERRORS as exc:
+            logger.error("Session store unavailable while reading: %s", exc)
+            g.session_store_error = exc
+            return self.session_class(sid=self._generate_sid(self.sid_length), permanent=self.permanent)
+
+    def save_session(self, app, session, response):
+        if g.get("session_store_error") is not None:
+            return  # nothing was read, so nothing may be written over what is stored
+        try:
+            super().save_session(app, session, response)
+        except STORE_ERRORS as exc:
+            # The page was rendered as if the change was kept; it was not. Say so.
+            logger.error("Session store unavailable while writing: %s", exc)
+            g.session_store_error = exc
+            if self.on_write_failure is not None:
+                self.on_write_failure(response)
+
+    def regenerate(self, session) -> None:
+        # Flask-Session's regenerate() skips empty sessions; a new id is wanted regardless.
+        self._delete_session(self._get_store_id(session.sid))
+        session.sid = self._generate_sid(self.sid_length)
+        session.modified = True
+
+    def ping(self) -> None:
+        """Raise if the store cannot be reached."""
+        raise NotImplementedError
+
+
+class FileSystemSessions(_SignInAwareSessions, CacheLibSessionInterface):
+    def __init__(self, app: Flask, directory: str, **kwargs):
+        # threshold=0: never evict by count. Expired files are swept by _sweep().
+        super().__init__(app, client=FileSystemCache(directory, threshold=0, mode=0o600), **kwargs)
+        self.app = app
+        self._last_sweep = time.monotonic()
+        self._sweep_lock = threading.Lock()
+
+    def _upsert_session(self, session_lifetime, session, store_id):
+        super()._upsert_session(session_lifetime, session, store_id)
+        self._sweep_if_due()
+
+    def _sweep_if_due(self) -> None:
+        now = time.monotonic()
+        if now - self._last_sweep < SWEEP_INTERVAL_SECONDS or not self._sweep_lock.acquire(blocking=False):
+            return
+        try:
+            self._last_sweep = now
+            self.cache._remove_expired(time.time())
+        finally:
+            self._sweep_lock.release()
+
+    def ping(self) -> None:
+        self.cache.has("__healthz__")
+
+
+class RedisSessions(_SignInAwareSessions, RedisSessionInterface):
+    def __init__(self, app: Flask, url: str, **kwargs):
+        client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=30)
+        super().__init__(app, client=client, **kwargs)
+        self.app = app
+
+    def ping(self) -> None:
+        self.client.ping()
+
+
+def init_sessions(app: Flask, on_write_failure=None) -> _SignInAwareSessions:
+    config = app.config
+    common = {
+        "key_prefix": config["SESSION_KEY_PREFIX"],
+        "permanent": True,
+        "sid_length": 32,
+        "serialization_format": "msgpack",
+    }
+    if config["SESSION_TYPE"] == "redis":
+        interface = RedisSessions(app, config["REDIS_URL"], **common)
+    else:
+        interface = FileSystemSessions(app, config["SESSION_FILE_DIR"], **common)
+    interface.pending_lifetime = timedelta(seconds=config["PENDING_SIGN_IN_LIFETIME_SECONDS"])
+    interface.on_write_failure = on_write_failure
+    app.session_interface = interface
+    return interface
