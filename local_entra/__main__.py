@@ -1,0 +1,95 @@
+"""Run the stand-in in the foreground: ``python -m local_entra [options]``.
+
+Prints the settings an app needs as KEY=value lines (and can write them to
+a file for a launcher), then serves until Ctrl-C or SIGTERM.
+"""
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from .standin import StandIn
+
+ENV_KEYS = ("AUTHORITY", "CLIENT_ID", "CLIENT_SECRET", "ENDPOINT", "REQUESTS_CA_BUNDLE")
+
+
+def _port(name, default):
+    """A default port that a launcher can move with LOCAL_ENTRA_<NAME>_PORT."""
+    return int(os.environ.get(f"LOCAL_ENTRA_{name}_PORT", str(default)))
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m local_entra",
+        description="Local stand-in for Microsoft Entra ID and Microsoft Graph /v1.0/me (loopback only).",
+    )
+    parser.add_argument("--front-port", type=int, default=_port("FRONT", 5001),
+                        help="http port of the sign-in pages (default %(default)s)")
+    parser.add_argument("--idp-port", type=int, default=_port("IDP", 5443),
+                        help="https port of discovery, token and keys (default %(default)s)")
+    parser.add_argument("--graph-port", type=int, default=_port("GRAPH", 5444),
+                        help="https port of Graph /v1.0/me (default %(default)s)")
+    parser.add_argument("--access-token-lifetime", type=int,
+                        default=int(os.environ.get("LOCAL_ENTRA_ACCESS_TOKEN_LIFETIME", "3600")),
+                        help="seconds; under 300 makes MSAL refresh on every call (default %(default)s)")
+    parser.add_argument("--redirect-uri", action="append", dest="redirect_uris", metavar="URI",
+                        help="a registered redirect URI (repeatable; default: http://localhost:5000/getAToken"
+                             " and http://127.0.0.1:5000/getAToken)")
+    parser.add_argument("--write-env", metavar="PATH", help="also write the KEY=value lines to PATH")
+    parser.add_argument("--ready-file", metavar="PATH",
+                        help="create PATH once every listener accepts connections (removed on exit)")
+    parser.add_argument("--quiet", action="store_true", help="do not log each request")
+    return parser.parse_args(argv)
+
+
+def _write_atomically(path, text):
+    # A launcher polling for the file must never read half of it.
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s local_entra %(message)s")
+    kwargs = {"redirect_uris": args.redirect_uris} if args.redirect_uris else {}
+    standin = StandIn(front_port=args.front_port, idp_port=args.idp_port, graph_port=args.graph_port,
+                      access_token_lifetime=args.access_token_lifetime, **kwargs)
+    try:
+        standin.start()
+    except OSError as exc:
+        print(f"local_entra: {exc}", file=sys.stderr)
+        return 1
+
+    stop = threading.Event()
+    # SIGTERM (a launcher or `kill`) takes the same clean path as Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        settings = standin.settings
+        lines = "".join(f"{key}={settings[key]}\n" for key in ENV_KEYS)
+        print(lines, end="", flush=True)
+        print(f"# sign-in pages: {standin.front_url}  (registered redirect URIs: "
+              f"{', '.join(standin.redirect_uris)})", file=sys.stderr, flush=True)
+        if args.write_env:
+            _write_atomically(args.write_env, lines)
+        if args.ready_file:
+            _write_atomically(args.ready_file, f"{os.getpid()}\n")
+        while not stop.wait(0.5):  # a timed wait keeps Ctrl-C responsive
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        standin.stop()
+        if args.ready_file:
+            Path(args.ready_file).unlink(missing_ok=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""The https back channel: OIDC discovery, the token endpoint and the signing keys."""
+
+import base64
+import hmac
+import secrets
+import time
+import uuid
+from urllib.parse import unquote
+
+from flask import Flask, jsonify, request
+
+from .errors import entra_error
+from .tokens import client_info, pkce_s256
+from .users import find_user
+
+# Scopes that ask for sign-in data rather than access to a resource. They are
+# never put in an access token's ``scp``.
+OIDC_SCOPES = {"openid", "profile", "email", "offline_access"}
+GRAPH_PREFIX = "https://graph.microsoft.com/"
+
+# The endpoints whose hits are counted, by Flask endpoint name.
+_COUNTED = {"discovery": "discovery", "discovery_v1": "discovery", "token": "token", "keys": "keys"}
+
+
+def create_idp_app(standin):
+    app = Flask("local_entra.idp", static_folder=None)
+
+    @app.before_request
+    def count_and_maybe_hang():
+        counter = _COUNTED.get(request.endpoint)
+        if counter:
+            standin.store.count(counter)
+        # hang_idp(True): the connection was accepted and the request read,
+        # but the answer never comes (until released): the failure mode that
+        # needs client-side timeouts.
+        standin.wait_while_idp_hangs()
+
+    @app.route("/<tenant>/v2.0/.well-known/openid-configuration")
+    def discovery(tenant):
+        if not standin.is_tenant(tenant):
+            return _invalid_tenant(tenant)
+        return jsonify(standin.openid_configuration())
+
+    # identity's log_out() reads {authority}/.well-known/openid-configuration.
+    @app.route("/<tenant>/.well-known/openid-configuration")
+    def discovery_v1(tenant):
+        return discovery(tenant)
+
+    @app.route("/<tenant>/discovery/v2.0/keys")
+    def keys(tenant):
+        if not standin.is_tenant(tenant):
+            return _invalid_tenant(tenant)
+        return jsonify(standin.key.jwks())
+
+    @app.post("/<tenant>/oauth2/v2.0/token")
+    def token(tenant):
+        fault = standin.store.take_token_fault()
+        if fault is not None:
+            return entra_error(fault["error"], fault["description"], fault["status"])
+        if not standin.is_tenant(tenant):
+            return _invalid_tenant(tenant)
+        problem = _authenticate_client(standin)
+        if problem is not None:
+            return problem
+        grant_type = request.form.get("grant_type")
+        if grant_type == "authorization_code":
+            standin.store.count("token_auth_code")
+            return _redeem_code(standin)
+        if grant_type == "refresh_token":
+            standin.store.count("token_refresh")
+            return _refresh(standin)
+        return entra_error(
+            "unsupported_grant_type",
+            f"AADSTS70003: The app requested an unsupported grant type '{grant_type}'.",
+        )
+
+    return app
+
+
+def _invalid_tenant(tenant):
+    return entra_error(
+        "invalid_tenant",
+        f"AADSTS90002: Tenant '{tenant}' not found. Check to make sure you have the"
+        " correct tenant ID and are signing into the correct cloud.",
+    )
+
+
+def _authenticate_client(standin):
+    """Check client_secret_post or client_secret_basic; return an error response or None."""
+    client_id = request.form.get("client_id")
+    secret = request.form.get("client_secret")
+    auth = request.headers.get("Authorization", "")
+    if auth.lower().startswith("basic "):
+        try:
+            decoded = base64.b64decode(auth[6:], validate=True).decode("utf-8")
+            basic_id, _, basic_secret = decoded.partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return entra_error("invalid_client", "AADSTS7000216: Malformed Basic credentials.", 401)
+        # RFC 6749 2.3.1: both halves are form-urlencoded before joining.
+        client_id, secret = unquote(basic_id.replace("+", " ")), unquote(basic_secret.replace("+", " "))
+    if not client_id:
+        return entra_error(
+            "invalid_request",
+            "AADSTS900144: The request body must contain the following parameter: 'client_id'.",
+        )
+    if client_id != standin.client_id:
+        return entra_error(
+            "unauthorized_client",
+            f"AADSTS700016: Application with identifier '{client_id}' was not found in the"
+            f" directory '{standin.tenant_id}'.",
+        )
+    if not secret:
+        return entra_error(
+            "invalid_client",
+            "AADSTS7000218: The request body must contain the following parameter:"
+            " 'client_assertion' or 'client_secret'.",
+            401,
+        )
+    # Constant-time compare: cheap, and it is what a real server must do.
+    if not hmac.compare_digest(secret.encode(), standin.client_secret.encode()):
+        return entra_error(
+            "invalid_client",
+            f"AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in"
+            f" the request is the client secret value, not the client secret ID, for a secret"
+            f" added to app '{client_id}'.",
+            401,
+        )
+    return None
+
+
+def _invalid_grant(description):
+    return entra_error("invalid_grant", description)
+
+
+def _redeem_code(standin):
+    form = request.form
+    grant, problem = standin.store.redeem_code(form.get("code"))
+    if problem == "unknown":
+        return _invalid_grant(
+            "AADSTS9002313: Invalid request. Request is malformed or invalid."
+            " The provided value for the 'code' parameter is not valid."
+        )
+    if problem == "used":
+        return _invalid_grant("AADSTS54005: OAuth2 Authorization code was already redeemed,"
+                              " please retry with a new valid code or use an existing refresh token.")
+    if problem == "expired":
+        return _invalid_grant("AADSTS70008: The provided authorization code or refresh token has"
+                              " expired due to inactivity. Send a new interactive authorization request"
+                              " for this user and resource.")
+    if grant["client_id"] != form.get("client_id", standin.client_id):
+        return _invalid_grant("AADSTS70000: The provided value for the 'code' parameter is not"
+                              " valid. The code was issued to a different client.")
+    if grant["redirect_uri"] != form.get("redirect_uri"):
+        return _invalid_grant("AADSTS500112: The reply address does not match the reply address"
+                              " provided when requesting the authorization code.")
+    verifier = form.get("code_verifier")
+    if not verifier:
+        return _invalid_grant("AADSTS50148: The code_verifier is required for this authorization"
+                              " code, which was requested with a code_challenge.")
+    if not hmac.compare_digest(pkce_s256(verifier), grant["code_challenge"]):
+        return _invalid_grant("AADSTS501481: The Code_Verifier does not match the code_challenge"
+                              " supplied in the authorization request.")
+    # MSAL sends the scopes again on redemption; honour them when present, as
+    # Entra v2 does, so every scope the client asked for shows as granted.
+    scopes = form.get("scope", "").split() or grant["scopes"]
+    return _token_response(standin, grant["user_id"], scopes, nonce=grant.get("nonce"))
+
+
+def _refresh(standin):
+    grant, problem = standin.store.use_refresh_token(request.form.get("refresh_token"))
+    if problem == "unknown":
+        return _invalid_grant("AADSTS9002313: Invalid request. Request is malformed or invalid."
+                              " The provided refresh token is not valid.")
+    if problem == "revoked":
+        return _invalid_grant("AADSTS70000: The provided grant has been revoked. The user"
+                              " might have changed or reset their password, or an administrator"
+                              " revoked their sessions. Sign in again.")
+    if problem == "expired":
+        return _invalid_grant("AADSTS700082: The refresh token has expired due to inactivity.")
+    if grant["client_id"] != request.form.get("client_id", standin.client_id):
+        return _invalid_grant("AADSTS700005: Provided Authorization Code is intended to use"
+                              " against other client.")
+    scopes = request.form.get("scope", "").split() or grant["scopes"]
+    # A refreshed id token carries no nonce: no authorize request preceded it.
+    return _token_response(standin, grant["user_id"], scopes, nonce=None)
+
+
+def _token_response(standin, user_id, scopes, nonce):
+    user = find_user(user_id)
+    if user is None:  # cannot happen unless USERS was edited while running
+        return _invalid_grant("AADSTS50020: User account does not exist in tenant.")
+    resource_scopes = [s for s in scopes if s.lower() not in OIDC_SCOPES]
+    # Tokens without resource scopes default to Graph's User.Read, as Entra does.
+    scp = " ".join(_bare(s) for s in resource_scopes) or "User.Read"
+    now = int(time.time())
+    access_token = standin.key.sign({
+        "aud": standin.graph_audience,
+        "iss": standin.issuer,
+        "iat": now,
+        "nbf": now,
+        "exp": now + standin.access_token_lifetime,
+        "aio": secrets.token_urlsafe(16),
+        "app_displayname": "Local stand-in client",
+        "appid": standin.client_id,
+        "azp": standin.client_id,
+        "idtyp": "user",
+        "name": user["displayName"],
+        "given_name": user["givenName"],
+        "family_name": user["surname"],
+        "oid": user["id"],
+        "preferred_username": user["userPrincipalName"],
+        "scp": scp,
+        "sub": standin.pairwise_sub(user, standin.graph_audience),
+        "tid": standin.tenant_id,
+        "upn": user["userPrincipalName"],
+        "unique_name": user["userPrincipalName"],
+        "uti": secrets.token_urlsafe(16),
+        "ver": "2.0",
+    })
+    id_claims = {
+        "aud": standin.client_id,
+        "iss": standin.issuer,
+        "iat": now,
+        "nbf": now,
+        "exp": now + standin.id_token_lifetime,
+        "aio": secrets.token_urlsafe(16),
+        "name": user["displayName"],
+        "oid": user["id"],
+        "preferred_username": user["userPrincipalName"],
+        "rh": secrets.token_urlsafe(16),
+        "sub": standin.pairwise_sub(user, standin.client_id),
+        "tid": standin.tenant_id,
+        "uti": secrets.token_urlsafe(16),
+        "ver": "2.0",
+    }
+    if nonce:
+        id_claims["nonce"] = nonce
+    refresh_token = standin.store.add_refresh_token(
+        {"user_id": user["id"], "client_id": standin.client_id, "scopes": scopes}
+    )
+    response = jsonify({
+        "token_type": "Bearer",
+        # Echo the scopes as requested (minus offline_access, which Entra
+        # never lists): MSAL caches the token under this string and looks it up
+        # with the requested scopes, so a different spelling would miss.
+        "scope": " ".join(s for s in scopes if s.lower() != "offline_access") or scp,
+        "expires_in": standin.access_token_lifetime,
+        "ext_expires_in": standin.access_token_lifetime,
+        "access_token": access_token,
+        "refresh_token": refresh_token,
+        "id_token": standin.key.sign(id_claims),
+        "client_info": client_info(user["id"], standin.tenant_id),
+    })
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Pragma"] = "no-cache"
+    response.headers["client-request-id"] = request.headers.get("client-request-id", str(uuid.uuid4()))
+    return response
+
+
+def _bare(scope):
+    """``https://graph.microsoft.com/User.Read`` -> ``User.Read``, as ``scp`` lists them."""
+    return scope[len(GRAPH_PREFIX):] if scope.lower().startswith(GRAPH_PREFIX) else scope

@@ -1,0 +1,300 @@
+"""``StandIn``: wires the key, the state and the three listeners together."""
+
+import contextlib
+import hashlib
+import os
+import ssl
+import tempfile
+import threading
+import time
+
+import trustme
+
+from . import tokens
+from .front import create_front_app, origin
+from .graph import create_graph_app
+from .idp import create_idp_app
+from .servers import Listener
+from .state import Store
+from .users import find_user
+
+# Fixed demo values so `python -m local_entra` and a checked-in .env.sample
+# agree across runs. They protect nothing: the stand-in only listens on loopback.
+TENANT_ID = "6d470b3a-de3a-44f9-9459-b359a17ae72e"
+DEFAULT_CLIENT_ID = "67993ca2-472b-43d5-9d23-445216c871fd"
+DEFAULT_CLIENT_SECRET = "local-stand-in-secret-not-for-production"  # noqa: S105 - a demo value
+DEFAULT_REDIRECT_URIS = ("http://localhost:5000/getAToken", "http://127.0.0.1:5000/getAToken")
+
+# A hung IdP request is released after this long even if nobody calls
+# hang_idp(False), so a forgotten hang cannot pin threads forever.
+HANG_CAP_SECONDS = 120
+
+
+class StandIn:
+    """A local Microsoft Entra ID (v2.0) and Microsoft Graph ``/v1.0/me``.
+
+    ``start()`` brings up three loopback listeners: ``front`` (http, the
+    browser pages), ``idp`` (https: discovery, token, keys) and ``graph``
+    (https: /v1.0/me), and ``settings`` then holds what an app needs to use
+    them. With ``testing=True`` failures can be injected and traffic counted.
+    """
+
+    def __init__(
+        self,
+        client_id=DEFAULT_CLIENT_ID,
+        client_secret=DEFAULT_CLIENT_SECRET,
+        redirect_uris=DEFAULT_REDIRECT_URIS,
+        access_token_lifetime=3600,
+        id_token_lifetime=3600,
+        front_port=0,
+        idp_port=0,
+        graph_port=0,
+        testing=False,
+    ):
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.redirect_uris = list(redirect_uris)
+        self.access_token_lifetime = int(access_token_lifetime)
+        self.id_token_lifetime = int(id_token_lifetime)
+        self.testing = testing
+        self.tenant_id = TENANT_ID
+        self.graph_audience = tokens.GRAPH_APP_ID
+        self.store = Store()
+        self.key = None
+        self._ca_path = None
+        self._hanging = False
+        self._release = threading.Event()
+        self._release.set()
+        self._lock = threading.Lock()
+        self._front = Listener("front", create_front_app(self), front_port,
+                               on_connection=lambda: self.store.count("front_connections"))
+        self._idp = Listener("idp", create_idp_app(self), idp_port,
+                             on_connection=lambda: self.store.count("idp_connections"))
+        self._graph = Listener("graph", create_graph_app(self), graph_port,
+                               on_connection=lambda: self.store.count("graph_connections"))
+
+    # -- lifecycle -------------------------------------------------------------
+    def start(self):
+        with self._lock:
+            if self.key is not None:
+                return self
+            # A new key and CA per start: nothing issued by an earlier run (or
+            # another stand-in) is trusted by this one.
+            self.key = tokens.SigningKey()
+            tls = self._make_tls()
+            self._idp.ssl_context = self._graph.ssl_context = tls
+            try:
+                for listener in (self._front, self._idp, self._graph):
+                    listener.start()
+            except BaseException:
+                self._stop_locked()
+                raise
+        return self
+
+    def stop(self):
+        with self._lock:
+            self._stop_locked()
+
+    def _stop_locked(self):
+        # Let hung requests go first, or server shutdown would wait on them.
+        self._hanging = False
+        self._release.set()
+        for listener in (self._front, self._idp, self._graph):
+            listener.stop()
+        if self._ca_path:
+            with contextlib.suppress(OSError):  # removed by someone else already
+                os.unlink(self._ca_path)
+            self._ca_path = None
+        self.key = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def _make_tls(self):
+        ca = trustme.CA(organization_name="Local Entra stand-in")
+        cert = ca.issue_cert("127.0.0.1", "localhost")
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        cert.configure_cert(context)
+        handle, self._ca_path = tempfile.mkstemp(prefix="local_entra_ca_", suffix=".pem")
+        os.close(handle)
+        ca.cert_pem.write_to_path(self._ca_path)
+        return context
+
+    def _require_started(self):
+        if self.key is None:
+            raise RuntimeError("StandIn is not running: call start() first")
+
+    # -- addresses and settings --------------------------------------------------
+    @property
+    def front_url(self):
+        self._require_started()
+        return f"http://127.0.0.1:{self._front.port}"
+
+    @property
+    def idp_url(self):
+        self._require_started()
+        return f"https://127.0.0.1:{self._idp.port}"
+
+    @property
+    def graph_url(self):
+        self._require_started()
+        return f"https://127.0.0.1:{self._graph.port}"
+
+    @property
+    def authority(self):
+        return f"{self.idp_url}/{self.tenant_id}"
+
+    @property
+    def issuer(self):
+        return f"{self.authority}/v2.0"
+
+    @property
+    def authorization_endpoint(self):
+        return f"{self.front_url}/{self.tenant_id}/oauth2/v2.0/authorize"
+
+    @property
+    def settings(self):
+        """What an app needs: its registration, the authority, Graph and the CA to trust."""
+        return {
+            "AUTHORITY": self.authority,
+            "CLIENT_ID": self.client_id,
+            "CLIENT_SECRET": self.client_secret,
+            "ENDPOINT": f"{self.graph_url}/v1.0/me",
+            "REQUESTS_CA_BUNDLE": self._ca_path,
+            "SCOPE": "User.Read",
+        }
+
+    def openid_configuration(self):
+        base = f"{self.idp_url}/{self.tenant_id}"
+        front = f"{self.front_url}/{self.tenant_id}"
+        return {
+            "issuer": self.issuer,
+            "authorization_endpoint": f"{front}/oauth2/v2.0/authorize",
+            "token_endpoint": f"{base}/oauth2/v2.0/token",
+            "jwks_uri": f"{base}/discovery/v2.0/keys",
+            "end_session_endpoint": f"{front}/oauth2/v2.0/logout",
+            "response_types_supported": ["code"],
+            "response_modes_supported": ["query", "form_post"],
+            "subject_types_supported": ["pairwise"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "scopes_supported": ["openid", "profile", "email", "offline_access"],
+            "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
+            "code_challenge_methods_supported": ["S256"],
+            "claims_supported": [
+                "sub", "iss", "aud", "exp", "iat", "nbf", "nonce", "name",
+                "preferred_username", "oid", "tid", "ver",
+            ],
+            "tenant_region_scope": "local",
+        }
+
+    def is_tenant(self, tenant):
+        return tenant.lower() == self.tenant_id
+
+    def registered_origins(self):
+        return {origin(uri) for uri in self.redirect_uris}
+
+    def register_redirect_uri(self, uri):
+        if uri not in self.redirect_uris:
+            self.redirect_uris.append(uri)
+
+    def pairwise_sub(self, user, audience):
+        """A stable subject per (user, audience): Entra's ``sub`` is pairwise too,
+        which stops apps from (wrongly) using it as a cross-app user id."""
+        digest = hashlib.sha256(f"{self.tenant_id}|{audience}|{user['id']}".encode()).digest()
+        return tokens.b64url(digest)[:43]
+
+    # -- testing controls ------------------------------------------------------
+    def _require_testing(self):
+        if not self.testing:
+            raise RuntimeError("failure injection needs StandIn(testing=True)")
+
+    def fail_next_token(self, error="invalid_grant", description=None, status=400, count=1):
+        """The next ``count`` token requests (any grant) answer this OAuth error."""
+        self._require_testing()
+        description = description or (
+            "AADSTS50076: Due to a configuration change made by your administrator, or because"
+            " you moved to a new location, you must use multi-factor authentication."
+        )
+        self.store.set_token_fault(count, error=error, description=description, status=int(status))
+
+    def graph_fault(self, status=503, body=None, headers=None, delay=0.0, count=1):
+        """The next ``count`` Graph calls (None: until cleared) wait ``delay`` seconds,
+        then answer ``status`` with ``body``/``headers`` (a Graph error body by
+        default); ``status=None`` answers normally after the delay."""
+        self._require_testing()
+        self.store.set_graph_fault(
+            count, status=None if status is None else int(status), body=body,
+            headers=dict(headers or {}), delay=float(delay or 0),
+        )
+
+    def clear_faults(self):
+        self._require_testing()
+        self.store.clear_faults()
+
+    def revoke_refresh_tokens(self, username=None):
+        """Revoke every refresh token, or those of one user (UPN or object id)."""
+        self._require_testing()
+        user_id = None
+        if username is not None:
+            user = find_user(username)
+            if user is None:
+                raise ValueError(f"unknown user {username!r}")
+            user_id = user["id"]
+        self.store.revoke_refresh_tokens(user_id)
+
+    def stop_idp(self):
+        """Close the https IdP listener (new connections are refused) and drop its connections."""
+        self._require_testing()
+        self._idp.stop()
+
+    def start_idp(self):
+        """Listen again on the same port as before."""
+        self._require_testing()
+        self._require_started()
+        self._idp.start()
+
+    def hang_idp(self, hang=True):
+        """While on, IdP requests are accepted and read but not answered."""
+        self._require_testing()
+        self._hanging = bool(hang)
+        if hang:
+            self._release.clear()
+        else:
+            self._release.set()
+
+    def wait_while_idp_hangs(self):
+        if self._hanging:
+            self._release.wait(HANG_CAP_SECONDS)
+
+    @property
+    def counters(self):
+        """A snapshot (a new dict each time) of the request and connection counters."""
+        self._require_testing()
+        return self.store.counters()
+
+    def reset_counters(self):
+        self._require_testing()
+        self.store.reset_counters()
+
+    def mint_access_token(self, username, scopes="User.Read", lifetime=None, **claims):
+        """A Graph access token made without a sign-in, for tests (e.g. an expired
+        one: ``lifetime=-60``); ``claims`` override or add claims."""
+        self._require_testing()
+        self._require_started()
+        user = find_user(username)
+        if user is None:
+            raise ValueError(f"unknown user {username!r}")
+        now = int(time.time())
+        lifetime = self.access_token_lifetime if lifetime is None else lifetime
+        payload = {
+            "aud": self.graph_audience, "iss": self.issuer, "iat": now, "nbf": min(now, now + lifetime),
+            "exp": now + lifetime, "appid": self.client_id, "azp": self.client_id,
+            "oid": user["id"], "tid": self.tenant_id, "name": user["displayName"],
+            "preferred_username": user["userPrincipalName"], "upn": user["userPrincipalName"],
+            "scp": scopes, "sub": self.pairwise_sub(user, self.graph_audience), "ver": "2.0",
+        }
+        payload.update(claims)
+        return self.key.sign(payload)
