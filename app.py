@@ -30,6 +30,7 @@ from flask import (
     url_for,
 )
 from flask_wtf.csrf import CSRFError, CSRFProtect, generate_csrf
+from msal.exceptions import MsalServiceError
 from werkzeug.exceptions import HTTPException, InternalServerError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -304,6 +305,7 @@ def _register_error_handlers(app: Flask) -> None:
                            action_url=url_for("index"), action_label="Back to the home page")
 
     @app.errorhandler(requests.RequestException)
+    @app.errorhandler(MsalServiceError)  # MSAL's word for a 5xx from discovery or the token endpoint
     @app.errorhandler(IdentityProviderUnavailable)
     def identity_provider_unreachable(exc):
         # Graph errors never get here (DownstreamApi turns them into DownstreamError):

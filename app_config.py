@@ -167,7 +167,7 @@ def problems(config) -> list[Problem]:
         found.append(Problem(
             missing, "is not set: Azure AD B2C needs both the tenant name and the user flow.",
             "Azure AD B2C > User flows: the sign-up and sign-in flow's name, e.g. B2C_1_signupsignin1."))
-    else:
+    elif not has_b2c:
         key = "OIDC_AUTHORITY" if has_oidc else "AUTHORITY"
         if not _https_with_path(config.get(key, "")):
             found.append(Problem(

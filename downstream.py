@@ -85,8 +85,10 @@ class DownstreamApi:
         self.endpoint = endpoint
         self.max_inline_retry_after = max_inline_retry_after
         # One connect retry covers a pooled connection the server closed while idle;
-        # reads are not retried, so a timeout is not silently doubled.
-        retries = requests.adapters.Retry(total=1, connect=1, read=0, status=0, redirect=0, other=0)
+        # reads are not retried, so a timeout is not silently doubled. Retry-After is
+        # handled in get_json, where its wait is bounded.
+        retries = requests.adapters.Retry(total=1, connect=1, read=0, status=0, redirect=0, other=0,
+                                          respect_retry_after_header=False, raise_on_status=False)
         self._http = pooled_session(pool_size=pool_size, timeout=timeout, retries=retries)
 
     def get_json(self, access_token: str) -> dict:

@@ -196,6 +196,8 @@ class FakeEntra:
     def _graph(self, request):
         if self.graph_responses:
             status, body, headers = self.graph_responses.pop(0)
+            if isinstance(body, Exception):
+                raise body
             if isinstance(body, (dict, list)):
                 return status, {"Content-Type": "application/json", **headers}, json.dumps(body)
             return status, headers, body or ""

@@ -1,0 +1,214 @@
+"""Sign-in and sign-out through the real identity/MSAL code, with a mocked identity provider."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+import responses
+
+from conftest import AUTHORITY, CLIENT_ID, ME, AuthActions, fast_config, session_cookie
+from app import create_app
+
+
+def test_login_redirects_to_the_authorize_endpoint_with_pkce_state_and_nonce(client, auth):
+    params = auth.start()
+    assert params["client_id"] == CLIENT_ID
+    assert params["redirect_uri"] == "http://localhost/getAToken"
+    assert params["response_type"] == "code"
+    assert params["code_challenge_method"] == "S256" and params["code_challenge"]
+    assert params["state"] and params["nonce"]
+    assert params["prompt"] == "select_account"
+    assert "User.Read" in params["scope"].split()
+
+
+def test_full_flow_signs_in_shows_the_user_calls_graph_and_signs_out(client, auth, fake_entra):
+    response = auth.sign_in()
+    assert response.headers["Location"] == "/"
+
+    home = client.get("/").get_data(as_text=True)
+    assert ME["displayName"] in home and ME["userPrincipalName"] in home
+    assert "Call Microsoft Graph" in home
+
+    profile = client.get("/call_downstream_api")
+    assert profile.status_code == 200
+    page = profile.get_data(as_text=True)
+    assert ME["jobTitle"] in page and ME["officeLocation"] in page
+    graph_call = fake_entra.graph_calls()[-1]
+    assert graph_call.request.headers["Authorization"] == "Bearer " + fake_entra.issued_access_tokens[-1]
+
+    signed_out = auth.sign_out()
+    assert signed_out.status_code == 303
+    location = urlsplit(signed_out.headers["Location"])
+    assert f"{location.scheme}://{location.netloc}{location.path}" == f"{AUTHORITY}/oauth2/v2.0/logout"
+    assert parse_qs(location.query)["post_logout_redirect_uri"] == ["http://localhost/"]
+    assert "Sign in" in client.get("/").get_data(as_text=True)
+    assert client.get("/call_downstream_api").status_code == 302
+
+
+def test_sign_in_returns_to_the_page_asked_for(auth):
+    response = auth.sign_in(next_path="/call_downstream_api")
+    assert response.headers["Location"] == "/call_downstream_api"
+
+
+@pytest.mark.parametrize("next_path", [
+    "https://evil.example/", "//evil.example/", "/\\evil.example", "\\\\evil.example", "http:evil.example",
+    "javascript:alert(1)", "/\r\nLocation: https://evil.example", "/\tx", "evil.example", " /x", "/logout",
+    "/getAToken?code=x",
+])
+def test_sign_in_ignores_a_next_link_that_is_not_a_same_origin_path(auth, next_path):
+    response = auth.sign_in(next_path=next_path)
+    assert response.headers["Location"] == "/"
+
+
+def test_sign_in_gives_a_new_session_id(client, auth):
+    auth.start()
+    before = client.get_cookie("session").value
+    params = auth.start()
+    response = auth.callback(code="c", state=params["state"])
+    after = session_cookie(response)
+    assert after and before not in after
+
+
+@pytest.mark.parametrize(("error", "status", "title"), [
+    ("access_denied", 403, "Sign-in was cancelled"),
+    ("invalid_request", 400, "Sign-in failed"),
+    ("server_error", 400, "Sign-in failed"),
+])
+def test_identity_provider_error_gives_an_auth_error_page(client, auth, error, status, title):
+    params = auth.start()
+    response = auth.callback(error=error, error_description="AADSTS-<b>described</b>", state=params["state"])
+    page = response.get_data(as_text=True)
+    assert response.status_code == status
+    assert title in page and error in page
+    assert "AADSTS-&lt;b&gt;described&lt;/b&gt;" in page
+    assert "Signed in as" not in client.get("/").get_data(as_text=True)
+
+
+def test_token_endpoint_error_gives_an_auth_error_page(client, auth, fake_entra):
+    params = auth.start()
+    fake_entra.fail_next_token("invalid_grant", "AADSTS54005: OAuth2 Authorization code was already redeemed")
+    response = auth.callback(code="used", state=params["state"])
+    assert response.status_code == 400
+    assert "invalid_grant" in response.get_data(as_text=True)
+    assert "Signed in as" not in client.get("/").get_data(as_text=True)
+
+
+def test_callback_without_a_sign_in_in_progress_is_a_failed_sign_in(client, auth):
+    response = auth.callback(code="c", state="s")
+    assert response.status_code == 400
+    assert "Sign-in could not be completed" in response.get_data(as_text=True)
+
+
+def test_callback_with_a_state_that_does_not_match_is_refused(client, auth):
+    auth.start()
+    response = auth.callback(code="c", state="forged")
+    assert response.status_code == 400
+    assert "Signed in as" not in client.get("/").get_data(as_text=True)
+
+
+def test_replayed_callback_does_not_sign_in_again(client, auth):
+    params = auth.start()
+    assert auth.callback(code="c", state=params["state"]).status_code == 302
+    auth.sign_out()
+    replay = auth.callback(code="c", state=params["state"])
+    assert replay.status_code == 400
+    assert "Signed in as" not in client.get("/").get_data(as_text=True)
+
+
+def test_callback_after_cancel_cannot_be_completed_with_the_same_state(client, auth):
+    params = auth.start()
+    auth.callback(error="access_denied", state=params["state"])
+    response = auth.callback(code="c", state=params["state"])
+    assert response.status_code == 400
+    assert "Signed in as" not in client.get("/").get_data(as_text=True)
+
+
+def test_nonce_mismatch_is_refused(client, auth, fake_entra):
+    params = auth.start()
+    fake_entra.nonce = "another-nonce"
+    response = auth.callback(code="c", state=params["state"])
+    assert response.status_code == 400
+    assert "Signed in as" not in client.get("/").get_data(as_text=True)
+
+
+@pytest.mark.parametrize("claims", [
+    {"aud": "22222222-0000-0000-0000-000000000000"},
+    {"iss": "https://login.example.test/another-tenant/v2.0"},
+    {"tid": "another-tenant"},
+])
+def test_id_token_for_another_app_or_issuer_is_refused_and_the_session_cleared(client, auth, fake_entra, claims):
+    params = auth.start()
+    fake_entra.id_token_overrides = claims
+    response = auth.callback(code="c", state=params["state"])
+    assert response.status_code == 400
+    assert "Sign-in refused" in response.get_data(as_text=True)
+    assert "Signed in as" not in client.get("/").get_data(as_text=True)
+    assert client.get("/call_downstream_api").status_code == 302
+
+
+def test_logout_by_get_only_asks_to_confirm(client, auth):
+    auth.sign_in()
+    page = client.get("/logout")
+    assert page.status_code == 200 and "Sign out?" in page.get_data(as_text=True)
+    assert "Signed in as" in client.get("/").get_data(as_text=True)
+
+
+def test_logout_without_csrf_token_changes_nothing(client, auth):
+    auth.sign_in()
+    response = client.post("/logout")
+    assert response.status_code == 400
+    assert "Signed in as" in client.get("/").get_data(as_text=True)
+
+
+def test_logout_deletes_the_server_side_session(app, client, auth):
+    auth.sign_in()
+    sid = client.get_cookie("session").value
+    store = app.session_interface
+    assert store._retrieve_session_data(store._get_store_id(sid))
+    auth.sign_out()
+    assert not store._retrieve_session_data(store._get_store_id(sid))
+
+
+def test_logout_when_the_identity_provider_is_down_still_signs_out_here(tmp_path, fake_entra):
+    app = create_app(fast_config(tmp_path))
+    client = app.test_client()
+    auth = AuthActions(client, fake_entra)
+    auth.sign_in()
+    fake_entra.rsps.replace(responses.GET, f"{AUTHORITY}/.well-known/openid-configuration",
+                            body=requests.ConnectionError("refused"))
+    response = auth.sign_out()
+    assert response.status_code == 503
+    assert "Signed out of this app only" in response.get_data(as_text=True)
+    assert "Signed in as" not in client.get("/").get_data(as_text=True)
+
+
+@pytest.mark.parametrize("failure", [requests.ConnectionError("refused"), requests.exceptions.SSLError("bad cert")])
+def test_login_when_the_identity_provider_is_unreachable_says_so(tmp_path, fake_entra, failure):
+    fake_entra.rsps.replace(responses.GET, f"{AUTHORITY}/v2.0/.well-known/openid-configuration", body=failure)
+    client = create_app(fast_config(tmp_path)).test_client()
+    response = client.get("/login")
+    assert response.status_code == 503
+    assert "Microsoft Entra ID can&#39;t be reached" in response.get_data(as_text=True)
+
+
+def test_login_when_discovery_answers_5xx_says_so(tmp_path, fake_entra):
+    fake_entra.rsps.replace(responses.GET, f"{AUTHORITY}/v2.0/.well-known/openid-configuration", status=502)
+    client = create_app(fast_config(tmp_path)).test_client()
+    assert client.get("/login").status_code == 503
+
+
+def test_login_when_discovery_hangs_answers_504(tmp_path, fake_entra):
+    fake_entra.rsps.replace(responses.GET, f"{AUTHORITY}/v2.0/.well-known/openid-configuration",
+                            body=requests.ReadTimeout("read timed out"))
+    client = create_app(fast_config(tmp_path)).test_client()
+    assert client.get("/login").status_code == 504
+
+
+def test_callback_when_the_token_endpoint_is_unreachable_says_so(client, auth, fake_entra):
+    params = auth.start()
+    fake_entra.rsps.replace(responses.POST, fake_entra.token_endpoint, body=requests.ConnectionError("refused"))
+    response = auth.callback(code="c", state=params["state"])
+    assert response.status_code == 503
+    assert "Signed in as" not in client.get("/").get_data(as_text=True)
