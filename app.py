@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 import uuid
 from pathlib import Path
@@ -73,7 +74,6 @@ def create_app(test_config: dict | None = None) -> Flask:
         settings = app_config.load({})
     app.config.from_mapping(
         settings,
-        SESSION_FILE_DIR=str(Path(app.instance_path) / "sessions"),
         SESSION_COOKIE_NAME="session",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
@@ -84,6 +84,9 @@ def create_app(test_config: dict | None = None) -> Flask:
     )
     if test_config is not None:
         app.config.from_mapping(test_config)
+    if not app.config.get("SESSION_FILE_DIR"):
+        app.config["SESSION_FILE_DIR"] = str(Path(app.instance_path) / "sessions")
+    _configure_logging(app.config.get("LOG_LEVEL", "INFO"))
     app.config["PERMANENT_SESSION_LIFETIME"] = app.config["SESSION_LIFETIME_SECONDS"]
     _set_secret_key(app)
 
@@ -433,6 +436,41 @@ class _StripQueryString(logging.Filter):
                 protocol = rest.rsplit(" ", 1)[-1] if " " in rest else ""
                 record.args = (f"{method_path}?[redacted] {protocol}".rstrip(), *record.args[1:])
         return True
+
+
+class _RedactSecrets(logging.Filter):
+    """Last line of defence: no token, code or secret leaves the process in a log line."""
+
+    patterns = (
+        (re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]*"), "[redacted-jwt]"),
+        (re.compile(r'("(?:code|code_verifier|refresh_token|access_token|id_token|client_secret|'
+                    r'client_assertion)"\s*:\s*")[^"]*'), r"\1[redacted]"),
+        (re.compile(r"\b((?:code|refresh_token|access_token|id_token|client_secret)=)[^&\s\"']+"), r"\1[redacted]"),
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = message
+        for pattern, replacement in self.patterns:
+            redacted = pattern.sub(replacement, redacted)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+def _configure_logging(level: str) -> None:
+    """Our warnings (failed sign-ins, unreachable services) reach stderr under any server."""
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    for handler in root.handlers:
+        if not any(isinstance(f, _RedactSecrets) for f in handler.filters):
+            handler.addFilter(_RedactSecrets())
+    root.setLevel(level if level in logging.getLevelNamesMapping() else "INFO")
+    # MSAL logs each token request's body (with the auth code and PKCE verifier) at DEBUG.
+    logging.getLogger("msal.token_cache").setLevel(max(logging.INFO, root.level))
 
 
 def _quiet_query_strings_in_request_logs() -> None:

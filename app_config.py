@@ -85,6 +85,8 @@ def load(environ=None) -> dict:
         "SECRET_KEY": (environ.get("SECRET_KEY") or "").strip(),
         "SESSION_TYPE": (environ.get("SESSION_TYPE") or "filesystem").strip().lower(),
         "REDIS_URL": (environ.get("REDIS_URL") or "").strip(),
+        # Where the embedded filesystem store keeps sessions (default: instance/sessions).
+        "SESSION_FILE_DIR": (environ.get("SESSION_FILE_DIR") or "").strip(),
         "SESSION_KEY_PREFIX": (environ.get("SESSION_KEY_PREFIX") or "msal-flask:session:").strip(),
         # A signed-in session lives this long after its last change (a token refresh
         # writes it again); a sign-in that was started and never finished, much less.
@@ -95,6 +97,7 @@ def load(environ=None) -> dict:
         "PROXY_COUNT": _int(environ, "PROXY_COUNT", 0),
         # Size of the connection pool to the downstream API: at least the worker's threads.
         "DOWNSTREAM_POOL_SIZE": _int(environ, "DOWNSTREAM_POOL_SIZE", 16),
+        "LOG_LEVEL": (environ.get("LOG_LEVEL") or "INFO").strip().upper(),
         # `flask run` sets this; it marks local development, where a random SECRET_KEY is fine.
         "RUN_FROM_CLI": environ.get("FLASK_RUN_FROM_CLI") == "true",
     }

@@ -288,3 +288,36 @@ def session_cookie(response) -> str | None:
         if header.startswith("session="):
             return header
     return None
+
+
+# --- real parts: the local stand-in over TLS and the app under gunicorn ------------------
+
+
+@pytest.fixture(scope="session")
+def stand_in():
+    from local_entra import StandIn
+
+    server = StandIn(testing=True).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fresh_stand_in(stand_in):
+    """The shared stand-in, with no fault left over from an earlier test."""
+    stand_in.clear_faults()
+    stand_in.hang_idp(False)
+    yield stand_in
+    stand_in.clear_faults()
+    stand_in.hang_idp(False)
+    stand_in.start_idp()
+    stand_in.access_token_lifetime = 3600
+
+
+@pytest.fixture(scope="module")
+def live_app(stand_in, tmp_path_factory):
+    from live import AppServer
+
+    server = AppServer(stand_in, tmp_path_factory.mktemp("live-app")).start()
+    yield server
+    server.stop()

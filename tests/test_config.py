@@ -100,7 +100,7 @@ def test_custom_redirect_path_is_the_route_that_completes_sign_in(tmp_path, fake
 @pytest.mark.parametrize("key", ["", "short", "a" * 64])
 def test_production_refuses_to_start_without_a_strong_secret_key(tmp_path, key):
     config = fast_config(tmp_path, TESTING=False, SECRET_KEY=key)
-    with pytest.raises(RuntimeError, match="secrets.token_hex"):
+    with pytest.raises(RuntimeError, match=r"secrets\.token_hex"):
         create_app(config)
 
 

@@ -8,8 +8,8 @@ import pytest
 import requests
 import responses
 
-from conftest import AUTHORITY, CLIENT_ID, ME, AuthActions, fast_config, session_cookie
 from app import create_app
+from conftest import AUTHORITY, CLIENT_ID, ME, AuthActions, fast_config, session_cookie
 
 
 def test_login_redirects_to_the_authorize_endpoint_with_pkce_state_and_nonce(client, auth):

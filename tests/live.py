@@ -1,0 +1,227 @@
+"""Real parts for the real-protocol, browser and scale-out tiers.
+
+`AppServer` runs the app under gunicorn in a subprocess on a free loopback port, pointed
+at the local stand-in over TLS; `WebUser` is a person with a browser's cookie jar who signs
+in by picking an account on the stand-in's page; `RedisServer` is Debian's redis-server on
+a free port in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, urljoin, urlsplit
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET_KEY = "live-tier-secret-key-0123456789abcdefghijklmnopqrstuvwxyz"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(interval)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+class AppServer:
+    """`gunicorn 'app:create_app()'` with this repo's gunicorn.conf.py, on 127.0.0.1."""
+
+    def __init__(self, stand_in, workdir: Path, *, name: str = "app", workers: int = 1, threads: int = 4,
+                 worker_class: str = "gthread", env: dict | None = None, port: int | None = None):
+        self.stand_in = stand_in
+        self.name = name
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.workdir / f"{name}.log"
+        self.workers, self.threads, self.worker_class = workers, threads, worker_class
+        self.extra_env = env or {}
+        self.process: subprocess.Popen | None = None
+        stand_in.register_redirect_uri(f"{self.url}/getAToken")
+
+    def environment(self) -> dict:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CLIENT_", "AUTHORITY", "OIDC_", "B2C_"))}
+        env.update({k: v for k, v in self.stand_in.settings.items() if isinstance(v, str)})
+        env.update({
+            "SECRET_KEY": SECRET_KEY,
+            "SESSION_FILE_DIR": str(self.workdir / "sessions"),
+            "PYTHONUNBUFFERED": "1",
+            **self.extra_env,
+        })
+        return env
+
+    def start(self) -> AppServer:
+        command = [
+            sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
+            "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers),
+            "--threads", str(self.threads), "--worker-class", self.worker_class,
+            "app:create_app()",
+        ]
+        log = open(self.log_path, "ab")  # noqa: SIM115 (kept open for the process's life)
+        self.process = subprocess.Popen(command, cwd=ROOT, env=self.environment(), stdout=log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+
+        def answers():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: {self.log_path.read_text()[-3000:]}")
+            try:
+                return requests.get(f"{self.url}/healthz", timeout=2).status_code in (200, 503)
+            except requests.RequestException:
+                return False
+
+        wait_for(answers, timeout=30, what=f"{self.name} to answer")
+        return self
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.process = None
+
+    def kill(self) -> None:
+        """Die like a machine that lost power: no graceful shutdown."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.process = None
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
+FORM_ACTION_RE = re.compile(r'<form method="post" action="([^"]+)"')
+REQUEST_ID_RE = re.compile(r'name="request_id" value="([^"]+)"')
+
+
+class WebUser:
+    """A person with a browser: a cookie jar, following the same redirects a browser would."""
+
+    def __init__(self, app_url: str):
+        self.app_url = app_url
+        self.http = requests.Session()
+        self.codes_seen: list[str] = []
+
+    def get(self, path: str, **kwargs) -> requests.Response:
+        kwargs.setdefault("allow_redirects", False)
+        kwargs.setdefault("timeout", 30)
+        return self.http.get(urljoin(self.app_url, path), **kwargs)
+
+    def start_sign_in(self, next_path: str | None = None) -> tuple[str, str, str]:
+        """GET /login and the stand-in's account picker: (form action, request id, authorize URL)."""
+        response = self.get("/login", params={"next": next_path} if next_path else None)
+        assert response.status_code == 302, response.text[:500]
+        authorize_url = response.headers["Location"]
+        picker = self.http.get(authorize_url, timeout=30)
+        assert picker.status_code == 200, picker.text[:500]
+        action = html.unescape(FORM_ACTION_RE.search(picker.text).group(1))
+        request_id = REQUEST_ID_RE.search(picker.text).group(1)
+        return urljoin(authorize_url, action), request_id, authorize_url
+
+    def pick(self, action: str, request_id: str, choice: dict) -> str:
+        """Submit the picker; return the callback URL the stand-in sends the browser to."""
+        response = self.http.post(action, data={"request_id": request_id, **choice},
+                                  allow_redirects=False, timeout=30)
+        assert response.status_code in (302, 303), response.text[:500]
+        callback = response.headers["Location"]
+        self.codes_seen += parse_qs(urlsplit(callback).query).get("code", [])
+        return callback
+
+    def sign_in(self, user: dict, next_path: str | None = None, callback_base: str | None = None):
+        """Sign in as `user` (one of local_entra.USERS). Returns the callback's response.
+
+        `callback_base` lands the callback on another instance (a load balancer would).
+        """
+        action, request_id, _ = self.start_sign_in(next_path)
+        callback = self.pick(action, request_id, {"user_id": user["id"]})
+        if callback_base:
+            parts = urlsplit(callback)
+            callback = f"{callback_base}{parts.path}?{parts.query}"
+        return self.http.get(callback, allow_redirects=False, timeout=30)
+
+    def cancel_sign_in(self):
+        action, request_id, _ = self.start_sign_in()
+        callback = self.pick(action, request_id, {"cancel": "1"})
+        return self.http.get(callback, allow_redirects=False, timeout=30)
+
+    def csrf_token(self) -> str:
+        match = CSRF_RE.search(self.get("/").text)
+        assert match, "no sign-out form: not signed in?"
+        return match.group(1)
+
+    def sign_out(self) -> requests.Response:
+        return self.http.post(urljoin(self.app_url, "/logout"), data={"csrf_token": self.csrf_token()},
+                              allow_redirects=False, timeout=30)
+
+    def is_signed_in(self, app_url: str | None = None) -> bool:
+        return "Signed in as" in self.http.get(urljoin(app_url or self.app_url, "/"), timeout=30).text
+
+
+class RedisServer:
+    """Debian's redis-server on a free loopback port, data in a temporary directory."""
+
+    def __init__(self, workdir: Path, port: int | None = None):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen | None = None
+
+    @staticmethod
+    def available() -> bool:
+        return shutil.which("redis-server") is not None
+
+    def start(self) -> RedisServer:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
+             "--save", "", "--appendonly", "no", "--protected-mode", "yes"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def answers():
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    s.sendall(b"PING\r\n")
+                    return s.recv(16).startswith(b"+PONG")
+            except OSError:
+                return False
+
+        wait_for(answers, timeout=10, what="redis-server")
+        return self
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+        self.process = None
