@@ -151,8 +151,12 @@ def _register_routes(app: Flask, auth: EntraAuth, api: DownstreamApi) -> None:
         return redirect(flow["auth_uri"])
 
     def auth_response():
+        answer = request.args.to_dict()  # first value of each parameter, like a browser sent it
+        if not answer:
+            # identity reads an empty answer as the device-code flow, which this app never starts.
+            return _sign_in_failed_page("The identity provider's answer is missing.")
         try:
-            result = auth.complete_log_in(request.args.to_dict())
+            result = auth.complete_log_in(answer)
         except RuntimeError:  # MSAL: the id token's nonce is not the one we sent
             auth.forget_pending_sign_in()
             logger.warning("Sign-in refused: id token nonce mismatch")

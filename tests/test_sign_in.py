@@ -212,3 +212,12 @@ def test_callback_when_the_token_endpoint_is_unreachable_says_so(client, auth, f
     response = auth.callback(code="c", state=params["state"])
     assert response.status_code == 503
     assert "Signed in as" not in client.get("/").get_data(as_text=True)
+
+
+@pytest.mark.parametrize("start_first", [True, False])
+def test_callback_with_no_parameters_is_a_failed_sign_in(client, auth, start_first):
+    if start_first:
+        auth.start()
+    response = client.get("/getAToken")
+    assert response.status_code == 400
+    assert "Signed in as" not in client.get("/").get_data(as_text=True)

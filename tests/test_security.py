@@ -1,0 +1,153 @@
+"""Secure by default: headers, cookies, sessions, CSRF, proxies, error pages."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from app import create_app
+from conftest import ME, fast_config, session_cookie
+
+PAGES = ["/", "/login", "/logout", "/healthz", "/call_downstream_api", "/getAToken", "/no-such-page",
+         "/static/style.css"]
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_every_response_carries_the_security_headers(client, path):
+    response = client.get(path)
+    csp = response.headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp and "unsafe-inline" not in csp
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Referrer-Policy"] == "no-referrer"
+    if path != "/static/style.css":
+        assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_pages_with_personal_data_are_not_cached(client, auth):
+    auth.sign_in()
+    for path in ("/", "/call_downstream_api"):
+        assert client.get(path).headers["Cache-Control"] == "no-store"
+
+
+def test_session_cookie_is_httponly_samesite_lax_and_not_secure_over_http(client, auth):
+    cookie = session_cookie(client.get("/login"))
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" not in cookie
+
+
+def test_session_cookie_is_secure_over_https(app):
+    client = app.test_client()
+    response = client.get("/login", base_url="https://localhost")
+    cookie = session_cookie(response)
+    assert "Secure" in cookie and "HttpOnly" in cookie
+    assert response.headers["Strict-Transport-Security"].startswith("max-age=")
+
+
+def test_the_session_lives_on_the_server_not_in_the_cookie(client, auth):
+    auth.sign_in()
+    value = client.get_cookie("session").value
+    assert len(value) < 64 and "." not in value  # an opaque id, not signed data
+
+
+def test_steady_state_page_views_write_no_session_and_send_no_cookie(client, auth):
+    auth.sign_in()
+    client.get("/call_downstream_api")
+    for path in ("/", "/call_downstream_api", "/", "/healthz"):
+        response = client.get(path)
+        assert response.status_code == 200
+        assert session_cookie(response) is None, path
+
+
+def test_anonymous_home_page_creates_no_session(client):
+    response = client.get("/")
+    assert session_cookie(response) is None
+
+
+def test_proxy_headers_are_ignored_unless_a_proxy_count_is_set(tmp_path, fake_entra):
+    forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "evil.example"}
+    plain = create_app(fast_config(tmp_path)).test_client()
+    location = plain.get("/login", headers=forwarded).headers["Location"]
+    assert "redirect_uri=http%3A%2F%2Flocalhost%2FgetAToken" in location
+
+    behind_proxy = create_app(fast_config(tmp_path, PROXY_COUNT=1)).test_client()
+    response = behind_proxy.get("/login", headers={"X-Forwarded-Proto": "https", "X-Forwarded-Host": "app.example"})
+    assert "redirect_uri=https%3A%2F%2Fapp.example%2FgetAToken" in response.headers["Location"]
+    assert "Secure" in session_cookie(response)
+
+
+def test_unknown_path_is_a_404_page_in_the_site_layout(client):
+    response = client.get("/no-such-page")
+    assert response.status_code == 404
+    page = response.get_data(as_text=True)
+    assert "Page not found" in page and 'class="site-header"' in page
+
+
+@pytest.mark.parametrize(("method", "path"), [("POST", "/"), ("PUT", "/call_downstream_api"),
+                                              ("DELETE", "/logout"), ("POST", "/getAToken")])
+def test_wrong_method_is_a_405_page(client, method, path):
+    response = client.open(path, method=method)
+    assert response.status_code == 405
+    assert "Method not allowed" in response.get_data(as_text=True)
+    assert "Allow" in response.headers
+
+
+def test_unexpected_exception_is_a_500_page_with_a_request_id_and_no_traceback(app, caplog):
+    @app.get("/boom")
+    def boom():
+        raise ZeroDivisionError("secret internals")
+
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    with caplog.at_level(logging.ERROR):
+        response = app.test_client().get("/boom")
+    page = response.get_data(as_text=True)
+    assert response.status_code == 500
+    assert "Request id" in page and "Traceback" not in page and "secret internals" not in page
+    request_id = page.split("Request id: <code>")[1].split("<")[0]
+    assert any(request_id in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+def test_cross_site_get_changes_no_state(client, auth):
+    auth.sign_in()
+    for path in ("/logout", "/", "/call_downstream_api"):
+        client.get(path, headers={"Sec-Fetch-Site": "cross-site", "Referer": "https://evil.example/"})
+    assert "Signed in as" in client.get("/").get_data(as_text=True)
+
+
+def test_sign_out_with_a_forged_csrf_token_is_refused(client, auth):
+    auth.sign_in()
+    response = client.post("/logout", data={"csrf_token": "forged"})
+    assert response.status_code == 400 and "expired" in response.get_data(as_text=True)
+    assert "Signed in as" in client.get("/").get_data(as_text=True)
+
+
+def test_csrf_token_from_another_session_is_refused(app, auth, fake_entra):
+    auth.sign_in()
+    other = app.test_client()
+    from conftest import AuthActions
+
+    AuthActions(other, fake_entra).sign_in()
+    response = other.post("/logout", data={"csrf_token": auth.csrf_token()})
+    assert response.status_code == 400
+
+
+def test_no_token_appears_in_any_page(client, auth, fake_entra):
+    auth.sign_in()
+    pages = "".join(client.get(p).get_data(as_text=True) for p in ("/", "/call_downstream_api", "/logout"))
+    for secret in (*fake_entra.issued_access_tokens, *fake_entra.issued_refresh_tokens,
+                   *fake_entra.issued_id_tokens, "fast-tier-client-secret-value"):
+        assert secret not in pages
+    assert ME["displayName"] in pages
+
+
+def test_debug_logs_of_the_whole_flow_hold_no_token_code_or_secret(client, auth, fake_entra, caplog):
+    with caplog.at_level(logging.DEBUG):
+        auth.sign_in()
+        client.get("/call_downstream_api")
+        auth.sign_out()
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    # MSAL did log at DEBUG, so the search means something
+    assert any(r.name.startswith("msal") and r.levelno == logging.DEBUG for r in caplog.records)
+    for secret in (*fake_entra.issued_access_tokens, *fake_entra.issued_refresh_tokens,
+                   *fake_entra.issued_id_tokens, "fast-tier-client-secret-value",
+                   *(r["code"] for r in fake_entra.token_requests if "code" in r)):
+        assert secret not in text
