@@ -15,6 +15,7 @@ import logging
 import re
 import secrets
 import uuid
+import warnings
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
@@ -41,6 +42,11 @@ from entra_auth import EntraAuth, IdentityProviderUnavailable, IdTokenRejected
 from sessions import SIGNED_IN_KEY, init_sessions
 
 logger = logging.getLogger(__name__)
+
+# MSAL recommends response_mode=form_post on every sign-in; identity completes sign-in from
+# the query string (and the session cookie is SameSite=Lax, which a cross-site POST would
+# not carry). The warning would only be noise in every log.
+warnings.filterwarnings("ignore", message="response_mode='form_post' is recommended", category=UserWarning)
 
 # Token errors that a new interactive sign-in fixes.
 SIGN_IN_AGAIN_ERRORS = {"interaction_required", "invalid_grant", "login_required", "no_account"}
