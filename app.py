@@ -169,6 +169,8 @@ def _register_routes(app: Flask, auth: EntraAuth, api: DownstreamApi) -> None:
             return _sign_in_failed_page("The identity provider's answer did not match this sign-in.")
         if "error" in result:
             auth.forget_pending_sign_in()
+            if _needs_consent(result):  # e.g. identity's "Ungranted scope(s)"
+                return _consent_page(next_path=safe_next_path(request.args.get("next")))
             status = 403 if result.get("error") == "access_denied" else 400
             return _auth_error_page(result, status=status)
         if not result:
@@ -237,13 +239,21 @@ def _register_routes(app: Flask, auth: EntraAuth, api: DownstreamApi) -> None:
         return jsonify(body), (200 if body["status"] == "ok" else 503)
 
 
+def _needs_consent(result: dict) -> bool:
+    return (result.get("error") in CONSENT_ERRORS or result.get("suberror") == "consent_required"
+            or "AADSTS65001" in (result.get("error_description") or ""))
+
+
+def _consent_page(next_path: str):
+    return render_template(
+        "consent.html", scopes=current_app.config["SCOPE"],
+        consent_url=url_for("login", prompt="consent", next=next_path)), 403
+
+
 def _token_error_response(result: dict):
     error = result.get("error", "")
-    description = result.get("error_description", "") or ""
-    if error in CONSENT_ERRORS or result.get("suberror") == "consent_required" or "AADSTS65001" in description:
-        return render_template(
-            "consent.html", scopes=current_app.config["SCOPE"],
-            consent_url=url_for("login", prompt="consent", next=request.path)), 403
+    if _needs_consent(result):
+        return _consent_page(next_path=request.path)
     if error in SIGN_IN_AGAIN_ERRORS:
         return redirect(url_for("login", next=request.path))
     logger.warning("Token request failed: %s", error)
@@ -291,6 +301,12 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:200]
 
 
+def _sessions_unavailable_page():
+    return (*_error_page(503, "Sessions unavailable",
+                         "The session store can't be reached right now, so nobody can sign in or stay "
+                         "signed in. Please try again in a moment."), {"Retry-After": "5"})
+
+
 def _session_write_failed(response) -> None:
     """Turn a response whose session change was lost into a 503 page."""
     page, status = _error_page(503, "Sessions unavailable",
@@ -313,6 +329,10 @@ def _register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(CSRFError)
     def csrf_error(exc):
+        if g.get("session_store_error") is not None:
+            # CSRFProtect checks the token before refuse_when_unusable runs: with the store down the
+            # token is missing from the (empty) session. That is the store's fault, not the form's.
+            return _sessions_unavailable_page()
         return _error_page(400, "This form has expired",
                            "For your safety the request was not carried out. Go back, reload the page and try again.",
                            action_url=url_for("index"), action_label="Back to the home page")
@@ -399,9 +419,7 @@ def _register_hooks(app: Flask) -> None:
         if problems:
             return render_template("config_error.html", problems=problems), 503
         if g.get("session_store_error") is not None:
-            return (*_error_page(503, "Sessions unavailable",
-                                 "The session store can't be reached right now, so nobody can sign in or stay "
-                                 "signed in. Please try again in a moment."), {"Retry-After": "5"})
+            return _sessions_unavailable_page()
         return None
 
     @app.after_request

@@ -118,6 +118,7 @@ class FakeEntra:
         self.nonce: str | None = None
         self.graph_responses: list = []
         self.access_token_lifetime = 3600
+        self.granted_scope = "User.Read openid profile offline_access"
         self.issued_access_tokens: list[str] = []
         self.issued_refresh_tokens: list[str] = []
         self.issued_id_tokens: list[str] = []
@@ -184,7 +185,7 @@ class FakeEntra:
         self.issued_id_tokens.append(id_token)
         body = {
             "token_type": "Bearer",
-            "scope": "User.Read openid profile offline_access",
+            "scope": self.granted_scope,
             "expires_in": self.access_token_lifetime,
             "access_token": access_token,
             "refresh_token": refresh_token,

@@ -221,3 +221,24 @@ def test_callback_with_no_parameters_is_a_failed_sign_in(client, auth, start_fir
     response = client.get("/getAToken")
     assert response.status_code == 400
     assert "Signed in as" not in client.get("/").get_data(as_text=True)
+
+
+def test_ungranted_scope_at_sign_in_explains_and_offers_consent(client, auth, fake_entra):
+    params = auth.start()
+    fake_entra.granted_scope = "openid profile offline_access"  # User.Read was not granted
+    response = auth.callback(code="c", state=params["state"])
+    assert response.status_code == 403
+    page = response.get_data(as_text=True)
+    assert "needs your permission" in page and "prompt=consent" in page
+    assert "Signed in as" not in client.get("/").get_data(as_text=True)
+
+
+def test_home_page_when_the_id_token_expired_and_the_identity_provider_is_down_says_so(client, auth, fake_entra):
+    import time
+
+    fake_entra.id_token_overrides = {"exp": int(time.time()) - 3600}  # expired: "/" must refresh it
+    auth.sign_in()
+    fake_entra.rsps.replace(responses.POST, fake_entra.token_endpoint, body=requests.ConnectionError("down"))
+    response = client.get("/")
+    assert response.status_code == 503
+    assert "Microsoft Entra ID can&#39;t be reached" in response.get_data(as_text=True)
