@@ -101,6 +101,9 @@ def create_app(test_config: dict | None = None) -> Flask:
     if any(p.key in ("SESSION_TYPE", "REDIS_URL") for p in problems):
         app.config["SESSION_TYPE"] = "filesystem"  # enough to show the configuration page
     init_sessions(app, on_write_failure=_session_write_failed)
+    # Our hooks first: an unusable configuration or session store answers 503 before the
+    # CSRF check could call a form stale.
+    _register_hooks(app)
     CSRFProtect(app)
     _quiet_query_strings_in_request_logs()
 
@@ -120,7 +123,6 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.extensions["auth"] = auth
     app.extensions["downstream_api"] = api
 
-    _register_hooks(app)
     _register_template_filters(app)
     _register_error_handlers(app)
     _register_routes(app, auth, api)
