@@ -1,0 +1,445 @@
+"""Scale-out: many workers and many instances sharing one session store.
+
+* Redis (`-m redis`): a real redis-server from Debian's package, started here on a free
+  loopback port in a temporary directory, shared by two gunicorn instances A and B.
+  Without redis-server the Redis tests are skipped locally and fail under CI=true.
+* The embedded filesystem store: shared by the worker processes of one instance, and it
+  keeps a signed-in user through 10,000 sessions (mostly abandoned sign-ins).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+import struct
+import threading
+import time
+import types
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import redis
+
+import live
+import sessions
+from app import create_app
+from conftest import ME, AuthActions, fast_config
+from live import ROOT, AppServer, RedisServer, WebUser
+from local_entra import USERS
+from sessions import FileSystemSessions, RedisSessions
+
+PREFIX = "msal-flask:session:"  # SESSION_KEY_PREFIX's default
+# An unusual lifetime, so that a TTL equal to it cannot be a coincidence or a library default.
+LIFETIME = 5 * 3600 + 7
+PENDING_LIFETIME = 3600
+
+
+# --- Redis ------------------------------------------------------------------------------
+
+
+def require_redis_server() -> None:
+    """Skip without redis-server on a developer's machine; in CI its absence is a failure."""
+    if RedisServer.available():
+        return
+    reason = "redis-server is not installed (Debian/Ubuntu: apt-get install redis-server)"
+    if live.IN_CI:
+        pytest.fail(f"{reason}; CI must run the Redis tests", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    require_redis_server()
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_client(redis_server):
+    client = redis.Redis.from_url(redis_server.url)
+    yield client
+    client.close()
+
+
+def redis_env(redis_server, **extra) -> dict:
+    return {"SESSION_TYPE": "redis", "REDIS_URL": redis_server.url,
+            "SESSION_LIFETIME_SECONDS": str(LIFETIME), **extra}
+
+
+@pytest.fixture(scope="module")
+def pair(stand_in, redis_server, tmp_path_factory):
+    """Two instances on different ports, one Redis: what sits behind a load balancer."""
+    workdir = tmp_path_factory.mktemp("pair")
+    a = AppServer(stand_in, workdir / "a", name="a", env=redis_env(redis_server))
+    b = AppServer(stand_in, workdir / "b", name="b", env=redis_env(redis_server))
+    try:
+        a.start()
+        b.start()
+        yield types.SimpleNamespace(a=a, b=b)
+    finally:
+        a.stop()
+        b.stop()
+
+
+def session_id(person: WebUser) -> str:
+    return person.http.cookies["session"]
+
+
+def signed_in_as(page: str, user: dict) -> bool:
+    return f"Signed in as <strong>{user['displayName']}</strong>" in page
+
+
+def assert_sees_only(page: str, user: dict) -> None:
+    """The profile page shows this account's profile and no other account's."""
+    assert user["displayName"] in page and user["id"] in page, page[:500]
+    for other in USERS:
+        if other["id"] != user["id"]:
+            assert other["displayName"] not in page and other["id"] not in page
+
+
+@pytest.mark.redis
+def test_signed_in_on_a_api_on_b_signed_out_on_b_is_signed_out_of_a(pair, fresh_stand_in):
+    person = WebUser(pair.a.url)
+    assert person.sign_in(USERS[0]).status_code == 302
+
+    profile = person.get(f"{pair.b.url}/call_downstream_api")
+    assert profile.status_code == 200
+    assert_sees_only(profile.text, USERS[0])
+
+    person.app_url = pair.b.url
+    signed_out = person.sign_out()
+    assert signed_out.status_code == 303
+    assert not person.is_signed_in(pair.a.url)
+    assert not person.is_signed_in(pair.b.url)
+    on_a = person.get(f"{pair.a.url}/call_downstream_api")
+    assert on_a.status_code == 302 and on_a.headers["Location"] == "/login?next=/call_downstream_api"
+
+
+@pytest.mark.redis
+def test_sign_in_started_on_a_finishes_on_b(pair, fresh_stand_in):
+    person = WebUser(pair.a.url)
+    # The callback lands on B: the pending sign-in (state, nonce, PKCE verifier) is read from Redis.
+    response = person.sign_in(USERS[1], next_path="/call_downstream_api", callback_base=pair.b.url)
+    assert response.status_code == 302, response.text[:500]
+    assert response.headers["Location"] == "/call_downstream_api"
+    for url in (pair.a.url, pair.b.url):
+        assert signed_in_as(person.http.get(f"{url}/", timeout=30).text, USERS[1])
+        profile = person.get(f"{url}/call_downstream_api")
+        assert profile.status_code == 200
+        assert_sees_only(profile.text, USERS[1])
+
+
+@pytest.mark.redis
+def test_b_goes_on_serving_every_signed_in_user_when_a_is_gone(pair, stand_in, fresh_stand_in, redis_server,
+                                                                tmp_path):
+    # A third instance plays "A" here, so that the module's pair stays up for the other tests.
+    doomed = AppServer(stand_in, tmp_path, name="doomed", env=redis_env(redis_server)).start()
+    try:
+        people = []
+        for user in USERS:
+            person = WebUser(doomed.url)
+            assert person.sign_in(user).status_code == 302
+            assert person.get("/call_downstream_api").status_code == 200
+            people.append((person, user))
+    finally:
+        doomed.kill()  # no graceful shutdown: the machine is gone
+    for person, user in people:
+        home = person.http.get(f"{pair.b.url}/", timeout=30).text
+        assert signed_in_as(home, user)
+        profile = person.get(f"{pair.b.url}/call_downstream_api")
+        assert profile.status_code == 200
+        assert_sees_only(profile.text, user)
+
+
+@pytest.mark.redis
+def test_redis_keys_are_prefixed_and_expire_with_the_session(pair, redis_client, fresh_stand_in):
+    person = WebUser(pair.a.url)
+    person.start_sign_in()
+    pending_key = PREFIX + session_id(person)
+    pending_ttl = redis_client.ttl(pending_key)
+    assert 0 < pending_ttl <= PENDING_LIFETIME
+
+    person = WebUser(pair.a.url)
+    person.sign_in(USERS[2])
+    signed_in_key = PREFIX + session_id(person)
+    assert redis_client.exists(signed_in_key)
+    # Redis rounds TTL to whole seconds; the read follows the write by a few milliseconds.
+    assert LIFETIME - 2 <= redis_client.ttl(signed_in_key) <= LIFETIME
+
+    # Page views that change nothing do not rewrite the session (and so do not extend it)...
+    assert person.get("/").status_code == 200
+    # ... and nothing the app stores in Redis lives outside the prefix or without an expiry.
+    keys = [key.decode() for key in redis_client.scan_iter(count=1000)]
+    assert keys and all(key.startswith(PREFIX) for key in keys), keys[:5]
+    assert all(redis_client.ttl(key) > 0 for key in keys)
+    for url in (pair.a.url, pair.b.url):
+        health = person.http.get(f"{url}/healthz", timeout=10)
+        assert health.status_code == 200 and health.json()["session_store"] == "ok"
+
+
+@pytest.mark.redis
+def test_redis_down_gives_503_pages_and_recovers_when_it_is_back(stand_in, fresh_stand_in, tmp_path):
+    require_redis_server()
+    store = RedisServer(tmp_path / "redis").start()
+    prefix = "scale-out-test:"
+    app = AppServer(stand_in, tmp_path / "app", name="flaky-redis",
+                    env=redis_env(store, SESSION_KEY_PREFIX=prefix)).start()
+    try:
+        person = WebUser(app.url)
+        person.sign_in(USERS[0])
+        assert person.get("/call_downstream_api").status_code == 200
+        csrf_token = person.csrf_token()
+        # Someone else is on the account picker when Redis goes down.
+        latecomer = WebUser(app.url)
+        action, request_id, _ = latecomer.start_sign_in()
+        callback = latecomer.pick(action, request_id, {"user_id": USERS[1]["id"]})
+
+        store.stop()
+        for path in ("/", "/call_downstream_api", "/login", "/logout"):
+            response = person.get(path)
+            assert response.status_code == 503, (path, response.status_code, response.text[:300])
+            assert "Sessions unavailable" in response.text and response.headers["Retry-After"]
+        sign_out = person.http.post(f"{app.url}/logout", data={"csrf_token": csrf_token},
+                                    allow_redirects=False, timeout=30)
+        assert sign_out.status_code == 503 and "Sessions unavailable" in sign_out.text
+        health = person.http.get(f"{app.url}/healthz", timeout=30)
+        assert health.status_code == 503
+        assert health.json()["status"] == "unavailable"
+        assert "ConnectionError" in health.json()["session_store"]
+        assert latecomer.http.get(callback, allow_redirects=False, timeout=30).status_code == 503
+
+        store = RedisServer(tmp_path / "redis", port=store.port).start()  # empty: the session is gone
+        health = person.http.get(f"{app.url}/healthz", timeout=30)
+        assert health.status_code == 200 and health.json()["session_store"] == "ok"
+        home = person.get("/")
+        assert home.status_code == 200 and not signed_in_as(home.text, USERS[0])
+        api = person.get("/call_downstream_api")
+        assert api.status_code == 302 and api.headers["Location"] == "/login?next=/call_downstream_api"
+        again = person.sign_in(USERS[0], next_path="/call_downstream_api")
+        assert again.headers["Location"] == "/call_downstream_api"
+        profile = person.get("/call_downstream_api")
+        assert profile.status_code == 200
+        assert_sees_only(profile.text, USERS[0])
+        # The pending sign-in was lost with Redis: the callback asks to sign in again, which works.
+        lost = latecomer.http.get(callback, allow_redirects=False, timeout=30)
+        assert lost.status_code == 400 and "Try signing in again" in lost.text
+        assert latecomer.sign_in(USERS[1]).status_code == 302
+        assert signed_in_as(latecomer.get("/").text, USERS[1])
+        keys = {key.decode() for key in redis.Redis.from_url(store.url).scan_iter()}
+        assert keys == {prefix + session_id(person), prefix + session_id(latecomer)}
+    finally:
+        app.stop()
+        store.stop()
+    assert '" 500 ' not in app.logs() and "Traceback" not in app.logs()
+
+
+@pytest.mark.redis
+def test_fifty_users_sign_in_and_call_the_api_across_both_instances(pair, fresh_stand_in):
+    users, rounds = 50, 2
+    instances = (pair.a.url, pair.b.url)
+    lock = threading.Lock()
+    counts: collections.Counter = collections.Counter()
+    errors: list[str] = []
+
+    def count(response, *args, **kwargs):
+        to_app = response.url.startswith(instances)
+        with lock:
+            counts["requests"] += 1
+            counts["app_requests"] += to_app
+            counts["5xx"] += response.status_code >= 500
+        return response
+
+    def journey(i: int) -> None:
+        user = USERS[i % len(USERS)]
+        start, other = instances[i % 2], instances[(i + 1) % 2]
+        person = WebUser(start)
+        person.http.hooks["response"].append(count)
+        # Every other person's callback lands on the other instance.
+        response = person.sign_in(user, callback_base=other if i % 4 < 2 else None)
+        assert response.status_code == 302, f"callback answered {response.status_code}"
+        for _ in range(rounds):
+            for url in instances:
+                home = person.http.get(f"{url}/", timeout=30)
+                assert home.status_code == 200, f"home on {url}: {home.status_code}"
+                assert signed_in_as(home.text, user), f"home on {url} does not show {user['displayName']}"
+                profile = person.get(f"{url}/call_downstream_api")
+                assert profile.status_code == 200, f"profile on {url}: {profile.status_code}"
+                assert_sees_only(profile.text, user)
+
+    def run(i: int) -> None:
+        try:
+            journey(i)
+        except Exception as exc:
+            with lock:
+                errors.append(f"user {i}: {type(exc).__name__}: {exc}"[:300])
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=users) as pool:
+        list(pool.map(run, range(users)))
+    elapsed = time.monotonic() - started
+
+    numbers = {
+        "users": users, "accounts": len(USERS), "instances": len(instances), "session_store": "redis",
+        "requests": counts["requests"], "app_requests": counts["app_requests"],
+        "server_errors_5xx": counts["5xx"], "errors": len(errors), "elapsed_seconds": round(elapsed, 2),
+    }
+    artifacts = ROOT / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    (artifacts / "scale_out.json").write_text(json.dumps({**numbers, "error_samples": errors[:10]}, indent=2) + "\n")
+    print(f"\nscale-out: {users} users over {len(instances)} instances: {counts['requests']} requests "
+          f"({counts['app_requests']} to the app), {len(errors)} errors, {counts['5xx']} 5xx, {elapsed:.2f} s")
+    assert not errors, errors[:5]
+    assert counts["5xx"] == 0
+
+
+def test_missing_redis_server_skips_locally_and_fails_in_ci(monkeypatch):
+    monkeypatch.setattr(RedisServer, "available", staticmethod(lambda: False))
+    monkeypatch.setattr(live, "IN_CI", False)
+    with pytest.raises(pytest.skip.Exception, match="redis-server is not installed"):
+        require_redis_server()
+    monkeypatch.setattr(live, "IN_CI", True)
+    with pytest.raises(pytest.fail.Exception, match="CI must run the Redis tests"):
+        require_redis_server()
+
+
+@pytest.mark.parametrize(("url", "ssl"), [
+    ("rediss://:access-key@contoso.redis.cache.example.test:6380/0", True),
+    ("redis://127.0.0.1:6379/0", False),
+])
+def test_redis_url_builds_a_client_with_or_without_tls_without_connecting(tmp_path, fake_entra, url, ssl):
+    app = create_app(fast_config(tmp_path, SESSION_TYPE="redis", REDIS_URL=url))
+    interface = app.session_interface
+    assert isinstance(interface, RedisSessions)
+    assert interface.key_prefix == PREFIX
+    pool = interface.client.connection_pool
+    assert (pool.connection_class is redis.SSLConnection) is ssl
+    assert issubclass(pool.connection_class, redis.Connection)
+    if ssl:
+        assert pool.connection_kwargs["host"] == "contoso.redis.cache.example.test"
+        assert pool.connection_kwargs["port"] == 6380 and pool.connection_kwargs["password"] == "access-key"
+        assert pool.connection_kwargs.get("ssl_cert_reqs", "required") == "required"  # certificates are checked
+    assert not pool._created_connections  # nothing was connected
+
+
+def test_filesystem_is_the_default_session_store(tmp_path, fake_entra):
+    app = create_app(fast_config(tmp_path))
+    assert app.config["SESSION_TYPE"] == "filesystem"
+    assert isinstance(app.session_interface, FileSystemSessions)
+    assert app.session_interface.cache._threshold == 0  # cachelib's default (500) would evict live sessions
+
+
+# --- the embedded filesystem store ------------------------------------------------------
+
+
+def stored_expiry(interface: FileSystemSessions, sid: str) -> int:
+    """The expiry (unix time) that cachelib wrote in the session file's first four bytes."""
+    with open(interface.cache._get_filename(interface._get_store_id(sid)), "rb") as f:
+        return struct.unpack("I", f.read(4))[0]
+
+
+def session_files(directory: Path) -> list[Path]:
+    return [p for p in directory.iterdir() if not p.name.endswith(".__wz_cache")]
+
+
+def test_filesystem_store_keeps_a_signed_in_user_through_10000_sessions(tmp_path, fake_entra, monkeypatch):
+    total, through_http = 10_000, 200
+    app = create_app(fast_config(tmp_path))
+    interface = app.session_interface
+    lifetime = app.config["SESSION_LIFETIME_SECONDS"]
+    directory = Path(app.config["SESSION_FILE_DIR"])
+
+    # A user signs in first, through the real routes.
+    client = app.test_client()
+    before = int(time.time())
+    AuthActions(client, fake_entra).sign_in()
+    after = int(time.time())
+    signed_in_sid = client.get_cookie("session").value
+    assert before + lifetime <= stored_expiry(interface, signed_in_sid) <= after + lifetime
+
+    # Someone starts a sign-in, then goes for coffee.
+    slow_client = app.test_client()
+    slow = AuthActions(slow_client, fake_entra)
+    slow_params = slow.start()
+
+    # Abandoned sign-ins: some through /login, most written through the session interface.
+    pending_sids = []
+    for _ in range(through_http - 1):
+        anonymous = app.test_client()
+        assert anonymous.get("/login").status_code == 302
+        pending_sids.append(anonymous.get_cookie("session").value)
+    pending = interface.cache.get(interface._get_store_id(pending_sids[0]))
+    assert "_auth_flow" in pending and sessions.SIGNED_IN_KEY not in pending
+    with app.test_request_context("/login"):
+        for _ in range(total - through_http):
+            abandoned = interface.session_class(pending, sid=interface._generate_sid(interface.sid_length),
+                                                permanent=True)
+            abandoned.modified = True
+            interface.save_session(app, abandoned, app.response_class())
+            pending_sids.append(abandoned.sid)
+    now = time.time()
+    assert len(session_files(directory)) == total + 1  # nothing was evicted
+    assert all(now < stored_expiry(interface, sid) <= now + PENDING_LIFETIME for sid in pending_sids[::97])
+    assert stored_expiry(interface, signed_in_sid) > now + PENDING_LIFETIME
+
+    # The user signed in before all of them is still signed in, and Graph works for them.
+    home = client.get("/").get_data(as_text=True)
+    assert f"Signed in as <strong>{ME['displayName']}</strong>" in home
+    profile = client.get("/call_downstream_api")
+    assert profile.status_code == 200 and ME["jobTitle"] in profile.get_data(as_text=True)
+    # And the sign-in started before them can still be finished.
+    fake_entra.nonce = slow_params["nonce"]
+    finished = slow.callback(code="auth-code-slow", state=slow_params["state"], session_state="s")
+    assert finished.status_code == 302, finished.get_data(as_text=True)[:300]
+    assert "Signed in as" in slow_client.get("/").get_data(as_text=True)
+
+    # An hour and a second later the next write sweeps the abandoned sign-ins, not the signed-in users.
+    real_time, real_monotonic = time.time, time.monotonic
+    monkeypatch.setattr(sessions, "time", types.SimpleNamespace(
+        time=lambda: real_time() + PENDING_LIFETIME + 1,
+        monotonic=lambda: real_monotonic() + sessions.SWEEP_INTERVAL_SECONDS + 1))
+    assert app.test_client().get("/login").status_code == 302
+    left = session_files(directory)
+    assert len(left) <= 3, len(left)  # the two signed-in users and the /login that swept
+    assert not any(interface.cache.has(interface._get_store_id(sid)) for sid in pending_sids[:50])
+    assert "Signed in as" in client.get("/").get_data(as_text=True)
+    assert "Signed in as" in slow_client.get("/").get_data(as_text=True)
+
+
+ACCESS_LOG_FORMAT = '%(p)s %(a)s "%(m)s %(U)s" %(s)s'  # worker pid, user agent, request line, status
+ACCESS_LINE = re.compile(r'^<(\d+)> (scale-out-\d+) "GET (/login|/getAToken)" (\d+)$', re.M)
+
+
+@pytest.mark.real
+def test_sign_in_started_in_one_worker_finishes_in_another(stand_in, fresh_stand_in, tmp_path):
+    """One instance, three sync worker processes, the filesystem store, no --preload."""
+    env = {"GUNICORN_CMD_ARGS": f"--access-logformat '{ACCESS_LOG_FORMAT}'"}
+    with AppServer(stand_in, tmp_path, name="workers", workers=3, threads=1, worker_class="sync",
+                   env=env) as app:
+
+        def sign_in(i: int):
+            person = WebUser(app.url)
+            person.http.headers["User-Agent"] = f"scale-out-{i}"  # to find its requests in the access log
+            user = USERS[i % len(USERS)]
+            response = person.sign_in(user)
+            home = person.http.get(f"{app.url}/", timeout=30).text
+            return response.status_code, signed_in_as(home, user)
+
+        crossed, done = 0, 0
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            # 20 sign-ins; more only in the unlikely case that none of them changed worker.
+            while done < 20 or (crossed == 0 and done < 80):
+                results = list(pool.map(sign_in, range(done, done + 20)))
+                done += 20
+                assert results == [(302, True)] * 20, results
+                served_by: dict = collections.defaultdict(dict)
+                for pid, person, path, status in ACCESS_LINE.findall(app.logs()):
+                    assert status == "302", (person, path, status)
+                    served_by[person][path] = pid
+                crossed = sum(1 for by in served_by.values() if by["/login"] != by["/getAToken"])
+        workers = {pid for by in served_by.values() for pid in by.values()}
+        print(f"\n{done} sign-ins over {len(workers)} workers, {crossed} finished in another worker")
+        assert len(served_by) == done
+        assert crossed > 0, "no sign-in changed worker: the test proved nothing"
