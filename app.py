@@ -331,10 +331,6 @@ def _register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(CSRFError)
     def csrf_error(exc):
-        if g.get("session_store_error") is not None:
-            # CSRFProtect checks the token before refuse_when_unusable runs: with the store down the
-            # token is missing from the (empty) session. That is the store's fault, not the form's.
-            return _sessions_unavailable_page()
         return _error_page(400, "This form has expired",
                            "For your safety the request was not carried out. Go back, reload the page and try again.",
                            action_url=url_for("index"), action_label="Back to the home page")
