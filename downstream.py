@@ -8,8 +8,11 @@ the page should answer, so the view stays a few lines long.
 
 from __future__ import annotations
 
+import email.utils
 import logging
+import math
 import time
+from datetime import UTC, datetime
 
 import requests
 
@@ -21,6 +24,7 @@ CONNECT_TIMEOUT = 3.05
 READ_TIMEOUT = 10
 # A Retry-After this short is waited out once inside the request; longer ones are passed on.
 MAX_INLINE_RETRY_AFTER = 2.0
+MAX_RETRY_AFTER = 3600
 
 
 class DownstreamError(Exception):
@@ -64,10 +68,19 @@ class Unreachable(DownstreamError):
 
 
 def _retry_after_seconds(response: requests.Response) -> int | None:
+    """Retry-After as whole seconds (it may be a number or an HTTP date), capped at an hour."""
     raw = (response.headers.get("Retry-After") or "").strip()
     if raw.isdigit():
-        return int(raw)
-    return None
+        seconds = int(raw) if len(raw) < 8 else MAX_RETRY_AFTER
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(raw)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = math.ceil((when - datetime.now(UTC)).total_seconds())
+    return max(0, min(seconds, MAX_RETRY_AFTER))
 
 
 def _graph_error_message(response: requests.Response) -> str:
@@ -104,7 +117,8 @@ class DownstreamApi:
 
     def _get(self, access_token: str) -> requests.Response:
         try:
-            return self._http.get(self.endpoint, headers={
+            # No redirects: the bearer token must go to ENDPOINT and nowhere else.
+            return self._http.get(self.endpoint, allow_redirects=False, headers={
                 "Authorization": f"Bearer {access_token}",
                 "Accept": "application/json",
             })
@@ -121,8 +135,9 @@ class DownstreamApi:
         if status == 403:
             raise PermissionMissing(_graph_error_message(response), upstream_status=status)
         if status in (429, 503):
+            retry_after = _retry_after_seconds(response)
             raise Throttled(_graph_error_message(response), upstream_status=status,
-                            retry_after=_retry_after_seconds(response) or 5)
+                            retry_after=5 if retry_after is None else max(1, retry_after))
         if status >= 300:
             raise DownstreamError(_graph_error_message(response), upstream_status=status)
         try:

@@ -182,3 +182,23 @@ def test_identity_provider_unreachable_at_start_up_gives_503_on_every_route(tmp_
     client2.set_cookie("session", client.get_cookie("session").value)
     assert client2.get("/call_downstream_api").status_code == 503
     assert client2.get("/login").status_code == 503
+
+
+def test_graph_redirect_is_not_followed_with_the_token(signed_in, fake_entra):
+    fake_entra.graph_answers(302, "", {"Location": "https://elsewhere.example/steal"})
+    response = signed_in.get("/call_downstream_api")
+    assert response.status_code == 502
+    assert len(fake_entra.graph_calls()) == 1
+
+
+@pytest.mark.parametrize(("retry_after", "expected"), [
+    ("99999999999999999999999", "3600"),
+    ("Wed, 21 Oct 2015 07:28:00 GMT", "1"),  # a date in the past: try again now
+    ("soon", "5"),
+])
+def test_graph_retry_after_is_parsed_and_capped(signed_in, fake_entra, retry_after, expected):
+    for _ in range(2):
+        fake_entra.graph_answers(429, {"error": {"code": "TooManyRequests"}}, {"Retry-After": retry_after})
+    response = signed_in.get("/call_downstream_api")
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == expected
