@@ -10,8 +10,10 @@ Where things happen:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import re
 import secrets
 import uuid
@@ -19,6 +21,7 @@ import warnings
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
+import redis
 import requests
 from flask import (
     Flask,
@@ -31,7 +34,9 @@ from flask import (
     session,
     url_for,
 )
+from flask.globals import request_ctx
 from flask_wtf.csrf import CSRFError, CSRFProtect, generate_csrf
+from markupsafe import escape
 from msal.exceptions import MsalServiceError
 from werkzeug.exceptions import HTTPException, InternalServerError
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -154,8 +159,6 @@ def _register_routes(app: Flask, auth: EntraAuth, api: DownstreamApi) -> None:
             prompt=prompt if prompt in ALLOWED_PROMPTS else "select_account",
             next_link=safe_next_path(request.args.get("next")),
         )
-        if "error" in flow:
-            return _auth_error_page(flow, status=502)
         return redirect(flow["auth_uri"])
 
     def auth_response():
@@ -296,6 +299,12 @@ def _sign_in_failed_page(reason: str):
 
 
 def _error_page(status: int, title: str, message: str, **extra):
+    if request_ctx.url_adapter is None:
+        # The Host header was unusable (or not trusted), so no URL can be built and the
+        # layout cannot render: a bare page, still escaped.
+        page = (f"<!doctype html><html lang=\"en\"><title>{escape(title)}</title>"
+                f"<h1>{escape(title)}</h1><p>{escape(message)}</p></html>")
+        return page, status
     return render_template("error.html", status=status, title=title, message=message, **extra), status
 
 
@@ -350,6 +359,11 @@ def _register_error_handlers(app: Flask) -> None:
                            action_label="Try again")
         return (*page, {"Retry-After": "30"})
 
+    @app.errorhandler(redis.RedisError)  # a store call outside open/save, e.g. at sign-in
+    def session_store_failed(exc):
+        logger.error("Session store unavailable: %s", _describe(exc))
+        return _sessions_unavailable_page()
+
     @app.errorhandler(IdTokenRejected)
     def id_token_rejected(exc):
         logger.warning("Sign-in refused: %s", exc)
@@ -368,7 +382,7 @@ def _register_error_handlers(app: Flask) -> None:
             headers["Retry-After"] = str(exc.retry_after)
             message = f"Microsoft Graph is throttling requests; try again in {exc.retry_after} s."
         else:
-            message = f"{exc.message}"
+            message = exc.message
         page = _error_page(exc.status, exc.title, message,
                            action_url=url_for("call_downstream_api"), action_label="Try again")
         return (*page, headers)
@@ -439,16 +453,17 @@ def _set_secret_key(app: Flask) -> None:
     if not app_config.is_local_development(app.config):
         raise RuntimeError(f"Refusing to start: {problem} {app_config.SIGNING_KEY_ADVICE}")
     # Local development: one random key kept in the instance folder, so that every
-    # worker process and every restart agree on it.
+    # worker process and every restart agree on it. Written whole, then linked into place:
+    # a worker never reads a half-written key, and the first worker's key wins.
     key_file = Path(app.instance_path) / "dev_secret_key"
     if not key_file.exists():
-        try:
-            with open(key_file, "x", encoding="ascii") as f:
-                key_file.chmod(0o600)
-                f.write(secrets.token_hex(32))
-        except FileExistsError:
-            pass  # another worker wrote it first
-    app.config["SECRET_KEY"] = key_file.read_text(encoding="ascii").strip() or app_config.ephemeral_secret_key()
+        draft = key_file.with_name(f".dev_secret_key.{os.getpid()}")
+        draft.write_text(secrets.token_hex(32), encoding="ascii")
+        draft.chmod(0o600)
+        with contextlib.suppress(FileExistsError):
+            os.link(draft, key_file)
+        draft.unlink()
+    app.config["SECRET_KEY"] = key_file.read_text(encoding="ascii").strip()
 
 
 class _StripQueryString(logging.Filter):
@@ -474,29 +489,37 @@ class _RedactSecrets(logging.Filter):
         (re.compile(r"\b((?:code|refresh_token|access_token|id_token|client_secret)=)[^&\s\"']+"), r"\1[redacted]"),
     )
 
+    def redact(self, text: str) -> str:
+        for pattern, replacement in self.patterns:
+            text = pattern.sub(replacement, text)
+        return text
+
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        redacted = message
-        for pattern, replacement in self.patterns:
-            redacted = pattern.sub(replacement, redacted)
+        redacted = self.redact(message)
         if redacted != message:
             record.msg, record.args = redacted, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.redact(logging.Formatter().formatException(record.exc_info))
         return True
 
 
 def _configure_logging(level: str) -> None:
     """Our warnings (failed sign-ins, unreachable services) reach stderr under any server."""
     root = logging.getLogger()
-    if not root.handlers:
+    if not root.handlers:  # nobody configured logging (gunicorn, flask run): we do
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
+        root.setLevel(level if level in logging.getLevelNamesMapping() else "INFO")
     for handler in root.handlers:
         if not any(isinstance(f, _RedactSecrets) for f in handler.filters):
             handler.addFilter(_RedactSecrets())
-    root.setLevel(level if level in logging.getLevelNamesMapping() else "INFO")
     # MSAL logs each token request's body (with the auth code and PKCE verifier) at DEBUG.
-    logging.getLogger("msal.token_cache").setLevel(max(logging.INFO, root.level))
+    logging.getLogger("msal.token_cache").setLevel(logging.INFO)
+    # identity logs a full traceback for every forged or stale callback, which anyone can
+    # send; the app logs one line for each instead.
+    logging.getLogger("identity.web").setLevel(logging.CRITICAL)
 
 
 def _quiet_query_strings_in_request_logs() -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -95,6 +94,9 @@ def load(environ=None) -> dict:
         # How many reverse proxies stand in front (Azure App Service: 1). 0 trusts no
         # X-Forwarded-* header, so a client cannot spoof its scheme or host.
         "PROXY_COUNT": _int(environ, "PROXY_COUNT", 0),
+        # Host names the app answers to (Flask's TRUSTED_HOSTS); any other Host header gets
+        # a 400, so nobody can make the app build its redirect URIs on their host name.
+        "TRUSTED_HOSTS": [h.strip() for h in (environ.get("TRUSTED_HOSTS") or "").split(",") if h.strip()] or None,
         # Size of the connection pool to the downstream API: at least the worker's threads.
         "DOWNSTREAM_POOL_SIZE": _int(environ, "DOWNSTREAM_POOL_SIZE", 16),
         "LOG_LEVEL": (environ.get("LOG_LEVEL") or "INFO").strip().upper(),
@@ -215,8 +217,3 @@ SIGNING_KEY_ADVICE = (
     "Generate one with: python -c 'import secrets; print(secrets.token_hex(32))' "
     "and set it as SECRET_KEY in the environment or in .env."
 )
-
-
-def ephemeral_secret_key() -> str:
-    """A per-process key for local development only: sessions do not outlive a restart."""
-    return secrets.token_hex(32)

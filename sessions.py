@@ -8,13 +8,15 @@ What Flask-Session's stock interfaces lack, added here and nothing else:
 * The embedded file store never evicts a live session (cachelib's default threshold of
   500 files does); expired files are swept instead, at most every few minutes.
 * A store that fails (Redis down, disk full) does not turn into a 500: the request gets
-  an empty session and `store_error()` tells the app to answer "sessions unavailable".
+  an empty session, `g.session_store_error` is set, and the app answers "sessions
+  unavailable" (503).
 * The cookie is Secure whenever the request came over https.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from datetime import timedelta
@@ -22,6 +24,7 @@ from datetime import timedelta
 import redis
 from cachelib.file import FileSystemCache
 from flask import Flask, g, request
+from flask_session._utils import total_seconds
 from flask_session.cachelib import CacheLibSessionInterface
 from flask_session.redis import RedisSessionInterface
 
@@ -91,7 +94,10 @@ class FileSystemSessions(_SignInAwareSessions, CacheLibSessionInterface):
         self._sweep_lock = threading.Lock()
 
     def _upsert_session(self, session_lifetime, session, store_id):
-        super()._upsert_session(session_lifetime, session, store_id)
+        lifetime = total_seconds(self.lifetime_for(self.app, session))
+        # cachelib reports a failed write (disk full, directory gone) only by returning False.
+        if not self.cache.set(store_id, dict(session), timeout=lifetime):
+            raise OSError("the session directory refused a write")
         self._sweep_if_due()
 
     def _sweep_if_due(self) -> None:
@@ -105,7 +111,11 @@ class FileSystemSessions(_SignInAwareSessions, CacheLibSessionInterface):
             self._sweep_lock.release()
 
     def ping(self) -> None:
-        self.cache.has("__healthz__")
+        # A write and a read back: cachelib turns every disk error into "not found".
+        probe = f"{self.key_prefix}healthz-{os.getpid()}"
+        if not self.cache.set(probe, 1, timeout=60) or self.cache.get(probe) != 1:
+            raise OSError("the session directory cannot be written")
+        self.cache.delete(probe)
 
 
 class RedisSessions(_SignInAwareSessions, RedisSessionInterface):

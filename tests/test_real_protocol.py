@@ -195,3 +195,14 @@ def test_no_token_code_or_secret_reaches_the_logs(stand_in, tmp_path):
     for code in person.codes_seen:
         assert code not in logs, "an authorization code was logged"
     assert stand_in.settings["CLIENT_SECRET"] not in logs
+
+
+@pytest.mark.parametrize("host", ["xn--zz", "a..b", "x" * 70 + ".example", "[::1", "bad host"])
+def test_malformed_host_header_gets_a_page_not_a_server_error(live_app, host):
+    import requests
+
+    for path in ("/", "/login", "/nowhere"):
+        response = requests.get(f"{live_app.url}{path}", headers={"Host": host}, allow_redirects=False, timeout=10)
+        assert response.status_code < 500, (path, host, response.text[:200])
+        assert response.headers.get("X-Content-Type-Options") == "nosniff"
+    assert "Traceback" not in live_app.logs()

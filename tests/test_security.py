@@ -151,3 +151,21 @@ def test_debug_logs_of_the_whole_flow_hold_no_token_code_or_secret(client, auth,
                    *fake_entra.issued_id_tokens, "fast-tier-client-secret-value",
                    *(r["code"] for r in fake_entra.token_requests if "code" in r)):
         assert secret not in text
+
+
+@pytest.mark.parametrize("host", ["a..b", "x" * 70 + ".example", "evil.example"])
+def test_untrusted_or_malformed_host_gets_a_400_page_not_a_500(tmp_path, fake_entra, host):
+    client = create_app(fast_config(tmp_path, TRUSTED_HOSTS=["localhost"])).test_client()
+    for path in ("/", "/login", "/no-such-page"):
+        response = client.get(path, headers={"Host": host})
+        assert response.status_code == 400, (path, host)
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert "Traceback" not in response.get_data(as_text=True)
+    assert client.get("/login").status_code == 302  # the trusted host still works
+
+
+@pytest.mark.parametrize("host", ["a..b", "x" * 70 + ".example"])
+def test_malformed_host_without_trusted_hosts_is_still_a_400_page(client, host):
+    response = client.get("/", headers={"Host": host})
+    assert response.status_code == 400
+
