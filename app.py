@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import secrets
+import time
 import uuid
 import warnings
 from pathlib import Path
@@ -57,6 +58,9 @@ warnings.filterwarnings("ignore", message="response_mode='form_post' is recommen
 SIGN_IN_AGAIN_ERRORS = {"interaction_required", "invalid_grant", "login_required", "no_account"}
 CONSENT_ERRORS = {"consent_required", "invalid_scope"}
 ALLOWED_PROMPTS = {"select_account", "consent", "login"}
+SIGNED_IN_AT_KEY = "signed_in_at"
+# A downstream 401 this soon after signing in is not fixed by signing in again.
+FRESH_SIGN_IN_SECONDS = 120
 
 SECURITY_HEADERS = {
     # No inline script anywhere; the app never needs to be framed. form-action is left
@@ -185,6 +189,7 @@ def _register_routes(app: Flask, auth: EntraAuth, api: DownstreamApi) -> None:
         current_app.session_interface.regenerate(session)
         session.pop("csrf_token", None)
         generate_csrf()  # stored now, so that later page views need no session write
+        session[SIGNED_IN_AT_KEY] = int(time.time())
         return redirect(safe_next_path(result.get("next_link")))
 
     app.add_url_rule(app.config["REDIRECT_PATH"], "auth_response", auth_response, methods=["GET"])
@@ -224,6 +229,10 @@ def _register_routes(app: Flask, auth: EntraAuth, api: DownstreamApi) -> None:
             try:
                 profile = api.get_json(token["access_token"])
             except TokenRejected:
+                if time.time() - session.get(SIGNED_IN_AT_KEY, 0) < FRESH_SIGN_IN_SECONDS:
+                    # A sign-in just now did not help: sending the user back would loop
+                    # (Entra ID signs them in silently). Say what is wrong instead.
+                    raise
                 return redirect(url_for("login", next=request.path))
         return render_template("display.html", user=signed_in_user(), profile=profile)
 

@@ -41,9 +41,9 @@ class DownstreamError(Exception):
 
 
 class TokenRejected(DownstreamError):
-    """401: the access token was not accepted."""
+    """401: the access token was not accepted. The page says 502: the fault is upstream."""
 
-    status = 401
+    status = 502
     title = "Microsoft Graph did not accept the access token"
 
 

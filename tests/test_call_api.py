@@ -71,6 +71,8 @@ def test_graph_401_is_retried_once_with_a_refreshed_token(signed_in, fake_entra)
 
 
 def test_graph_401_twice_sends_the_user_to_sign_in(signed_in, fake_entra):
+    with signed_in.session_transaction() as session:
+        session["signed_in_at"] -= 3600  # signed in an hour ago
     for _ in range(2):
         fake_entra.graph_answers(401, {"error": {"code": "InvalidAuthenticationToken", "message": "no"}})
     response = signed_in.get("/call_downstream_api")
@@ -202,3 +204,12 @@ def test_graph_retry_after_is_parsed_and_capped(signed_in, fake_entra, retry_aft
     response = signed_in.get("/call_downstream_api")
     assert response.status_code == 503
     assert response.headers["Retry-After"] == expected
+
+
+def test_graph_401_twice_right_after_sign_in_explains_instead_of_looping(signed_in, fake_entra):
+    for _ in range(2):
+        fake_entra.graph_answers(401, {"error": {"code": "InvalidAuthenticationToken", "message": "Audience bad"}})
+    response = signed_in.get("/call_downstream_api")
+    assert response.status_code == 502
+    page = response.get_data(as_text=True)
+    assert "did not accept the access token" in page and "Audience bad" in page
