@@ -44,7 +44,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 import app_config
 from downstream import DownstreamApi, DownstreamError, PermissionMissing, Throttled, TokenRejected
-from entra_auth import EntraAuth, IdentityProviderUnavailable, IdTokenRejected
+from entra_auth import EntraAuth, IdentityProviderMisbehaved, IdentityProviderUnavailable, IdTokenRejected
 from sessions import SIGNED_IN_KEY, init_sessions
 
 logger = logging.getLogger(__name__)
@@ -171,16 +171,18 @@ def _register_routes(app: Flask, auth: EntraAuth, api: DownstreamApi) -> None:
         if not answer:
             # identity reads an empty answer as the device-code flow, which this app never starts.
             return _sign_in_failed_page("The identity provider's answer is missing.")
+        next_link = auth.pending_next_link()
         try:
-            result = auth.complete_log_in(answer)
-        except RuntimeError:  # MSAL: the id token's nonce is not the one we sent
+            with auth.replacing_the_session(answer):
+                result = auth.complete_log_in(answer)
+        except RuntimeError:  # MSAL: the id token's nonce is not the one we sent (or it is malformed)
             auth.forget_pending_sign_in()
             logger.warning("Sign-in refused: id token nonce mismatch")
             return _sign_in_failed_page("The identity provider's answer did not match this sign-in.")
         if "error" in result:
             auth.forget_pending_sign_in()
             if _needs_consent(result):  # e.g. identity's "Ungranted scope(s)"
-                return _consent_page(next_path=safe_next_path(request.args.get("next")))
+                return _consent_page(next_path=safe_next_path(next_link))
             status = 403 if result.get("error") == "access_denied" else 400
             return _auth_error_page(result, status=status)
         if not result:
@@ -206,6 +208,8 @@ def _register_routes(app: Flask, auth: EntraAuth, api: DownstreamApi) -> None:
         end_session_url = auth.log_out(post_logout)
         session.clear()  # deletes the server-side session and the cookie
         if end_session_url == post_logout:  # identity's fallback: no end-session endpoint
+            if auth.end_session_endpoint_missing():  # the provider offers none: nothing more to do
+                return redirect(url_for("index"), code=303)
             return render_template(
                 "error.html", status=503, title="Signed out of this app only",
                 message="You are signed out here, but Microsoft Entra ID can't be reached to end "
@@ -368,6 +372,13 @@ def _register_error_handlers(app: Flask) -> None:
                            action_url=request.path if request.method == "GET" else url_for("index"),
                            action_label="Try again")
         return (*page, {"Retry-After": "30"})
+
+    @app.errorhandler(IdentityProviderMisbehaved)
+    def identity_provider_misbehaved(exc):
+        logger.warning("Identity provider answered unexpectedly: %s", exc)
+        return _error_page(502, "Microsoft Entra ID answered something unexpected",
+                           "Signing in or getting a token failed. Please try again in a minute.",
+                           action_url=url_for("index"), action_label="Back to the home page")
 
     @app.errorhandler(redis.RedisError)  # a store call outside open/save, e.g. at sign-in
     def session_store_failed(exc):

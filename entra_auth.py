@@ -13,6 +13,7 @@ session). This subclass changes only what a production deployment cannot live wi
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.cookiejar
 import logging
@@ -32,6 +33,8 @@ logger = logging.getLogger(__name__)
 # Seconds. Connect fails fast; a token request that takes longer than this is a hang.
 IDP_CONNECT_TIMEOUT = 3.05
 IDP_READ_TIMEOUT = 5
+# After a failed end-session lookup, sign-outs skip it for this many seconds.
+DISCOVERY_RETRY_AFTER = 30
 
 # MSAL stops using a cached access token this many seconds before it expires.
 MSAL_EXPIRY_MARGIN = 300
@@ -41,6 +44,10 @@ TOKEN_MEMO_SIZE = 2048
 
 class IdentityProviderUnavailable(Exception):
     """Discovery failed or answered something that is not OIDC metadata."""
+
+
+class IdentityProviderMisbehaved(Exception):
+    """The identity provider answered, but not with what OAuth promises."""
 
 
 class IdTokenRejected(Exception):
@@ -101,8 +108,8 @@ class EntraAuth(identity.web.Auth):
         super().__init__(**kwargs)
         self._http = pooled_session(pool_size=pool_size, timeout=timeout)
         self._issuer: str | None = None
-        self._oidc_config_lock = threading.Lock()
         self._oidc_config: dict | None = None
+        self._oidc_config_retry_at = 0.0
         self._per_thread = threading.local()
         self._token_memo: OrderedDict = OrderedDict()
         self._token_memo_lock = threading.Lock()
@@ -145,14 +152,29 @@ class EntraAuth(identity.web.Auth):
 
     def _get_oidc_config(self):
         # identity fetches this for log_out() with no timeout and caches it with lru_cache
-        # on the instance; here it is bounded, and a failure is not remembered.
-        with self._oidc_config_lock:
-            if self._oidc_config is None:
-                authority = self._oidc_authority or self._authority
-                response = self._http.get(f"{authority}/.well-known/openid-configuration")
-                response.raise_for_status()
-                self._oidc_config = response.json()
+        # on the instance. Here the fetch is bounded and holds no lock (sign-outs must not
+        # queue behind a hanging one), and a failure is remembered briefly so that a burst
+        # of sign-outs during an outage does not wait out one timeout each.
+        if self._oidc_config is not None:
             return self._oidc_config
+        if time.monotonic() < self._oidc_config_retry_at:
+            raise requests.ConnectionError("OIDC discovery failed moments ago")
+        authority = self._oidc_authority or self._authority
+        try:
+            response = self._http.get(f"{authority}/.well-known/openid-configuration")
+            response.raise_for_status()
+            config = response.json()
+            if not isinstance(config, dict):
+                raise requests.exceptions.InvalidJSONError("OIDC discovery is not a JSON object")
+        except requests.RequestException:
+            self._oidc_config_retry_at = time.monotonic() + DISCOVERY_RETRY_AFTER
+            raise
+        self._oidc_config = config
+        return config
+
+    def end_session_endpoint_missing(self) -> bool:
+        """True when discovery answered and names no end-session endpoint (not an outage)."""
+        return self._oidc_config is not None and not self._oidc_config.get(self._END_SESSION_ENDPOINT)
 
     def _save_user_into_session(self, id_token_claims):
         # Called by identity with the claims of every id token it accepts: at sign-in and
@@ -165,15 +187,18 @@ class EntraAuth(identity.web.Auth):
     def check_id_token_claims(self, claims: dict) -> None:
         if claims.get("aud") != self._client_id:
             raise IdTokenRejected("The id token was issued to another application (aud).")
-        expected = self._issuer
-        if expected:
-            tenant = claims.get("tid", "")
-            # Multi-tenant authorities (common, organizations) publish a templated issuer.
-            expected = expected.replace("{tenantid}", tenant)
-            if (claims.get("iss") or "").rstrip("/") != expected.rstrip("/"):
-                raise IdTokenRejected("The id token comes from another issuer than the configured authority.")
-            if tenant and tenant not in expected:
-                raise IdTokenRejected("The id token belongs to another tenant than the configured one.")
+        if not all(isinstance(claims.get(name), (int, float)) for name in ("iat", "exp")) or not (
+                claims.get("sub") or claims.get("oid")):
+            raise IdTokenRejected("The id token lacks the claims every id token carries (iat, exp, sub).")
+        if not self._issuer:
+            raise IdTokenRejected("The identity provider's discovery document names no issuer.")
+        tenant = claims.get("tid") or ""
+        # Multi-tenant authorities (common, organizations) publish a templated issuer.
+        expected = self._issuer.replace("{tenantid}", tenant)
+        if (claims.get("iss") or "").rstrip("/") != expected.rstrip("/"):
+            raise IdTokenRejected("The id token comes from another issuer than the configured authority.")
+        if tenant and tenant not in expected.split("/"):
+            raise IdTokenRejected("The id token belongs to another tenant than the configured one.")
 
     def get_token_for_user(self, scopes, force_refresh: bool = False):
         """identity's call, plus a forced refresh for an access token the API refused."""
@@ -208,6 +233,49 @@ class EntraAuth(identity.web.Auth):
         if not serialized or not user:
             return None
         return serialized, tuple(scopes or ()), user.get("preferred_username")
+
+    def complete_log_in(self, auth_response=None):
+        """identity's call; an answer from the identity provider that is not OAuth-shaped
+        (a token response that is not an object, one without an id token) is an outage of
+        sorts, not a reason for a 500."""
+        try:
+            return super().complete_log_in(auth_response)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise IdentityProviderMisbehaved(f"Unexpected answer at sign-in: {type(exc).__name__}") from exc
+
+    def _get_token_for_user(self, scopes, force_refresh=None):
+        try:
+            return super()._get_token_for_user(scopes, force_refresh=force_refresh)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise IdentityProviderMisbehaved(f"Unexpected token answer: {type(exc).__name__}") from exc
+
+    @contextlib.contextmanager
+    def replacing_the_session(self, auth_response: dict):
+        """Complete a sign-in inside this block so that the new user starts with a clean
+        session: whoever was signed in before in this browser leaves no tokens behind.
+
+        Only a callback that carries a code for the sign-in this browser started clears
+        anything, and if the sign-in then does not happen (an error, an outage, a refused
+        token) the previous session is put back: a failed or forged callback loses nothing.
+        """
+        flow = self._session.get(self._AUTH_FLOW)
+        if not (flow and auth_response.get("code") and auth_response.get("state") == flow.get("state")):
+            yield
+            return
+        previous = dict(self._session)
+        self._session.clear()
+        self._session[self._AUTH_FLOW] = flow
+        try:
+            yield
+        finally:
+            if self._USER not in self._session:
+                self._session.clear()
+                self._session.update(previous)
+                self._session.pop(self._AUTH_FLOW, None)  # the code was spent either way
+
+    def pending_next_link(self) -> str | None:
+        """Where the sign-in in progress should end up (identity keeps it in the flow)."""
+        return (self._session.get(self._AUTH_FLOW) or {}).get(f"{identity.web.__name__}.next_link")
 
     def forget_pending_sign_in(self) -> None:
         """Drop the sign-in flow so that its state and code can never be used again."""

@@ -169,3 +169,12 @@ def test_malformed_host_without_trusted_hosts_is_still_a_400_page(client, host):
     response = client.get("/", headers={"Host": host})
     assert response.status_code == 400
 
+
+
+def test_sign_in_as_someone_else_drops_the_previous_users_tokens(client, auth, fake_entra, app):
+    auth.sign_in()
+    fake_entra.user = {"oid": "00000000-0000-0000-0000-0000000000bb", "name": "Bob", "preferred_username": "bob@x"}
+    auth.sign_in()
+    with client.session_transaction() as session:
+        cache = session["_token_cache"]
+    assert "bob@x" in cache and ME["userPrincipalName"] not in cache

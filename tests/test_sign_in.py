@@ -242,3 +242,65 @@ def test_home_page_when_the_id_token_expired_and_the_identity_provider_is_down_s
     response = client.get("/")
     assert response.status_code == 503
     assert "Microsoft Entra ID can&#39;t be reached" in response.get_data(as_text=True)
+
+
+def test_consent_page_after_sign_in_keeps_the_page_asked_for(client, auth, fake_entra):
+    params = auth.start(next_path="/call_downstream_api")
+    fake_entra.granted_scope = "openid profile offline_access"
+    page = auth.callback(code="c", state=params["state"]).get_data(as_text=True)
+    assert "next=/call_downstream_api" in page
+
+
+@pytest.mark.parametrize("body", ["[1, 2]", '{"token_type": "Bearer", "access_token": "x"}', "null"])
+def test_token_endpoint_answer_that_is_not_oauth_shaped_gives_502(client, auth, fake_entra, body):
+    params = auth.start()
+    fake_entra.rsps.replace(responses.POST, fake_entra.token_endpoint, body=body, status=200,
+                            content_type="application/json")
+    response = auth.callback(code="c", state=params["state"])
+    assert response.status_code in (400, 502)
+    assert "Signed in as" not in client.get("/").get_data(as_text=True)
+
+
+@pytest.mark.parametrize("missing", ["iat", "exp", "sub"])
+def test_id_token_without_its_basic_claims_is_refused(client, auth, fake_entra, missing):
+    params = auth.start()
+    fake_entra.id_token_overrides = {missing: None}
+    if missing == "sub":
+        fake_entra.id_token_overrides["oid"] = None
+    response = auth.callback(code="c", state=params["state"])
+    assert response.status_code == 400
+    assert "Signed in as" not in client.get("/").get_data(as_text=True)
+
+
+def test_logout_against_a_provider_without_end_session_endpoint_goes_home(tmp_path, fake_entra):
+    discovery = {"issuer": "x", "authorization_endpoint": "y", "token_endpoint": "z"}
+    fake_entra.rsps.replace(responses.GET, f"{AUTHORITY}/.well-known/openid-configuration", json=discovery)
+    client = create_app(fast_config(tmp_path)).test_client()
+    auth = AuthActions(client, fake_entra)
+    auth.sign_in()
+    response = auth.sign_out()
+    assert response.status_code == 303 and response.headers["Location"] == "/"
+    assert "Signed in as" not in client.get("/").get_data(as_text=True)
+
+
+def test_a_burst_of_sign_outs_during_an_outage_waits_for_one_timeout_at_most(tmp_path, fake_entra):
+    app = create_app(fast_config(tmp_path))
+    fake_entra.rsps.replace(responses.GET, f"{AUTHORITY}/.well-known/openid-configuration",
+                            body=requests.ReadTimeout("hung"))
+    for _ in range(3):
+        client = app.test_client()
+        auth = AuthActions(client, fake_entra)
+        auth.sign_in()
+        assert auth.sign_out().status_code == 503
+    lookups = [c for c in fake_entra.rsps.calls if c.request.url.endswith("/.well-known/openid-configuration")
+               and "/v2.0/" not in c.request.url]
+    assert len(lookups) == 1
+
+
+def test_failed_sign_in_as_someone_else_keeps_the_previous_sign_in(client, auth, fake_entra):
+    auth.sign_in()
+    params = auth.start()
+    fake_entra.fail_next_token("invalid_grant", "AADSTS70008: The provided authorization code has expired")
+    assert auth.callback(code="c", state=params["state"]).status_code == 400
+    assert ME["displayName"] in client.get("/").get_data(as_text=True)
+    assert client.get("/call_downstream_api").status_code == 200
