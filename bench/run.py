@@ -513,10 +513,9 @@ def environment() -> dict:
         except (OSError, IndexError, subprocess.SubprocessError):
             return ""
 
-    import flask
-    import gunicorn
+    from importlib.metadata import version
 
-    return {"python": sys.version.split()[0], "gunicorn": gunicorn.__version__, "flask": flask.__version__,
+    return {"python": sys.version.split()[0], "gunicorn": version("gunicorn"), "flask": version("flask"),
             "wrk": output("wrk", "--version"), "commit": output("git", "rev-parse", "--short", "HEAD"),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
