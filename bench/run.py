@@ -493,7 +493,8 @@ def write_chart(results: dict, path: Path) -> None:
         ax.set_xticks(list(xs), labels)
         ax.set_ylabel(unit)
         ax.set_title(title)
-        ax.legend()
+        ax.set_ylim(0, max(app_v + limit_v) * 1.2)  # room for the legend and the ratios
+        ax.legend(loc="upper left", ncol=2)
         ax.grid(axis="y", alpha=0.3)
     for x, a, b in zip(xs, app_rps, limit_rps, strict=True):
         ax1.annotate(f"{a / b:.2f}", (x, max(a, b)), textcoords="offset points", xytext=(0, 3),
