@@ -34,6 +34,8 @@ lint: $(VENV)/.dev
 
 ## Throughput of the app against a bare "limit" app, side by side.
 bench: $(VENV)/.dev
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk; } || \
+		{ echo "make bench needs wrk: apt-get install wrk"; exit 2; }
 	$(PY) bench/run.py
 
 clean:

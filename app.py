@@ -457,11 +457,8 @@ def _register_hooks(app: Flask) -> None:
 
     @app.after_request
     def security_headers(response):
-        # Performance (make bench): one pass over the response's headers instead of a
-        # setdefault (a scan each) per header: ~0.006 ms less per page view.
-        present = {name.lower() for name, _ in response.headers.items()}
-        response.headers.extend([(name, value) for name, value in SECURITY_HEADERS.items()
-                                 if name.lower() not in present])
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
         if request.endpoint != "static":
             response.headers["Cache-Control"] = "no-store"
         if request.is_secure:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import http.cookiejar
 import logging
 import os
@@ -232,7 +233,9 @@ class EntraAuth(identity.web.Auth):
         user = self._load_user_from_session()
         if not serialized or not user:
             return None
-        return serialized, tuple(scopes or ()), user.get("preferred_username")
+        # A digest, so that the memo holds no refresh token and little memory.
+        digest = hashlib.sha256(serialized.encode() if isinstance(serialized, str) else serialized).digest()
+        return digest, tuple(scopes or ()), user.get("preferred_username")
 
     def complete_log_in(self, auth_response=None):
         """identity's call; an answer from the identity provider that is not OAuth-shaped
