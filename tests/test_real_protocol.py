@@ -197,6 +197,7 @@ def test_no_token_code_or_secret_reaches_the_logs(stand_in, tmp_path):
     assert stand_in.settings["CLIENT_SECRET"] not in logs
 
 
+@pytest.mark.filterwarnings("ignore:http.cookiejar bug")  # the client's cookie jar, not the app
 @pytest.mark.parametrize("host", ["xn--zz", "a..b", "x" * 70 + ".example", "[::1", "bad host"])
 def test_malformed_host_header_gets_a_page_not_a_server_error(live_app, host):
     import requests
