@@ -436,13 +436,12 @@ def _register_template_filters(app: Flask) -> None:
 
 
 def _register_hooks(app: Flask) -> None:
+    using_local_stand_in = app_config.uses_local_stand_in(app.config)  # settings are read once
+
     @app.context_processor
     def layout_context():
         user = g.user if "user" in g else (session.get(SIGNED_IN_KEY) if "session_store_error" not in g else None)
-        return {
-            "current_user": user,
-            "using_local_stand_in": app_config.uses_local_stand_in(current_app.config),
-        }
+        return {"current_user": user, "using_local_stand_in": using_local_stand_in}
 
     @app.before_request
     def refuse_when_unusable():
