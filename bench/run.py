@@ -10,8 +10,9 @@ What runs, all on loopback:
 * wrk (Debian's package), a closed loop of 8 connections, with bench/rotate_cookies.lua
   giving each request the session cookie of the next of 20 signed-in users.
 
-Per worker class: sign in 20 users, warm both servers up, then app, limit, app, limit...
-for BENCH_ROUNDS rounds of BENCH_DURATION seconds each. Prints a table, writes
+Per worker class: sign in 20 users, warm both servers up, then app, limit, limit, app,
+app, limit (ABBA, so drift favours neither) for BENCH_ROUNDS rounds of BENCH_DURATION
+seconds each. Prints a table, writes
 bench/results/results.json and bench/results/chart.png, and ends with
 `throughput ratio app/limit: X.XX` (the median of every round's ratio).
 
@@ -334,7 +335,10 @@ def bench_worker_class(stand_in: StandIn, worker_class: str, workdir: Path) -> d
                   f"{warm['not_ok']} non-200", flush=True)
 
         for round_no in range(1, ROUNDS + 1):
-            for target, server in (("app", app), ("limit", limit)):
+            # ABBA order (app, limit, limit, app, ...): a machine that slows down or speeds
+            # up during the run then favours neither side.
+            order = (("app", app), ("limit", limit))
+            for target, server in (order if round_no % 2 else order[::-1]):
                 run = measured_run(stand_in, server, cookie_file, DURATION,
                                    session_dir if target == "app" else None)
                 run.update(round=round_no, target=target)
