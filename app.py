@@ -445,18 +445,20 @@ def _register_hooks(app: Flask, csrf: CSRFProtect) -> None:
         user = g.user if "user" in g else (session.get(SIGNED_IN_KEY) if "session_store_error" not in g else None)
         return {"current_user": user, "using_local_stand_in": using_local_stand_in, "csrf_token": csrf_token}
 
+    problems = app.extensions["config_problems"]
+    csrf_methods = app.config["WTF_CSRF_METHODS"]
+
     @app.before_request
     def guard_request():
         if request.endpoint in (None, "static", "healthz"):
             return None  # None: no such route, so the 404/405 page follows
-        problems = current_app.extensions["config_problems"]
         if problems:
             return render_template("config_error.html", problems=problems), 503
         if g.get("session_store_error") is not None:
             return _sessions_unavailable_page()
         # The CSRF check, here rather than in Flask-WTF's own hook (WTF_CSRF_CHECK_DEFAULT is
         # off): after the 503s above, and only for the methods that can change state.
-        if request.method in current_app.config["WTF_CSRF_METHODS"]:
+        if request.method in csrf_methods:
             csrf.protect()
         return None
 
@@ -469,11 +471,12 @@ def _register_hooks(app: Flask, csrf: CSRFProtect) -> None:
         # One pass over what the response already has, then one extend: werkzeug's
         # setdefault scans the headers and raises a KeyError for every absent name, which
         # cost about 4 % of a page view for these six headers (make bench).
-        wanted = static_headers if request.endpoint == "static" else page_headers
+        is_page = request.endpoint != "static"
+        wanted = page_headers if is_page else static_headers
         if request.is_secure:
             wanted = [*wanted, hsts]
         present = {name.lower() for name, _ in response.headers.items()}
-        if request.endpoint != "static" and "cache-control" in present:
+        if is_page and "cache-control" in present:
             response.headers.remove("Cache-Control")  # pages are never cached, whatever set it
             present.discard("cache-control")
         response.headers.extend([(name, value) for name, value in wanted if name.lower() not in present])
