@@ -462,24 +462,19 @@ def _register_hooks(app: Flask, csrf: CSRFProtect) -> None:
             csrf.protect()
         return None
 
-    page_headers = [*SECURITY_HEADERS.items(), ("Cache-Control", "no-store")]
-    static_headers = list(SECURITY_HEADERS.items())
+    security_headers_list = list(SECURITY_HEADERS.items())
     hsts = ("Strict-Transport-Security", "max-age=31536000")
 
     @app.after_request
     def security_headers(response):
-        # One pass over what the response already has, then one extend: werkzeug's
+        # No view or handler sets these headers, so they are appended in one go: werkzeug's
         # setdefault scans the headers and raises a KeyError for every absent name, which
-        # cost about 4 % of a page view for these six headers (make bench).
-        is_page = request.endpoint != "static"
-        wanted = page_headers if is_page else static_headers
+        # cost about 4 % of a page view for six headers (make bench).
+        response.headers.extend(security_headers_list)
         if request.is_secure:
-            wanted = [*wanted, hsts]
-        present = {name.lower() for name, _ in response.headers.items()}
-        if is_page and "cache-control" in present:
-            response.headers.remove("Cache-Control")  # pages are never cached, whatever set it
-            present.discard("cache-control")
-        response.headers.extend([(name, value) for name, value in wanted if name.lower() not in present])
+            response.headers.add(*hsts)
+        if request.endpoint != "static":
+            response.headers["Cache-Control"] = "no-store"  # replaces whatever was there
         return response
 
 

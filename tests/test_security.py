@@ -20,6 +20,8 @@ def test_every_response_carries_the_security_headers(client, path):
     assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp and "unsafe-inline" not in csp
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert response.headers["Referrer-Policy"] == "no-referrer"
+    for name in ("Content-Security-Policy", "X-Content-Type-Options", "Referrer-Policy", "Cache-Control"):
+        assert len(response.headers.getlist(name)) == 1, name
     if path != "/static/style.css":
         assert response.headers["Cache-Control"] == "no-store"
 
