@@ -22,20 +22,12 @@ import requests
 from flask import Flask, render_template
 from requests.adapters import HTTPAdapter
 
+from app import SECURITY_HEADERS as APP_SECURITY_HEADERS
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # The same headers the app sends (a fixed dict, set once per response).
-SECURITY_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "X-Frame-Options": "DENY",
-    "Cross-Origin-Opener-Policy": "same-origin",
-    "Cache-Control": "no-store",
-}
+SECURITY_HEADERS = {**APP_SECURITY_HEADERS, "Cache-Control": "no-store"}
 
 # The signed-in user shown in the header (the claims the app reads from its session).
 USER = {"name": os.environ.get("BENCH_USER_NAME", "Priya Raman"),

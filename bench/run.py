@@ -76,33 +76,10 @@ TARGETS = {
 
 
 class GunicornServer(AppServer):
-    """AppServer with a choice of WSGI app: the same command line for the app and the limit."""
-
-    def __init__(self, *args, app_spec: str = "app:create_app()", config: Path = ROOT / "gunicorn.conf.py", **kwargs):
-        super().__init__(*args, **kwargs)
-        self.app_spec = app_spec
-        self.config = config
+    """AppServer (tests/live.py) that also waits until every worker process is up."""
 
     def start(self) -> GunicornServer:
-        command = [
-            sys.executable, "-m", "gunicorn", "-c", str(self.config),
-            "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers),
-            "--threads", str(self.threads), "--worker-class", self.worker_class,
-            self.app_spec,
-        ]
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(command, cwd=ROOT, env=self.environment(), stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
-
-        def answers():
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited: {self.log_path.read_text()[-3000:]}")
-            try:
-                return requests.get(f"{self.url}/healthz", timeout=2).status_code in (200, 503)
-            except requests.RequestException:
-                return False
-
-        wait_for(answers, timeout=60, what=f"{self.name} to answer")
+        super().start()
         wait_for(lambda: len(self.worker_pids()) == self.workers, timeout=30, what=f"{self.name}'s workers")
         return self
 

@@ -47,7 +47,8 @@ class AppServer:
     """`gunicorn 'app:create_app()'` with this repo's gunicorn.conf.py, on 127.0.0.1."""
 
     def __init__(self, stand_in, workdir: Path, *, name: str = "app", workers: int = 1, threads: int = 4,
-                 worker_class: str = "gthread", env: dict | None = None, port: int | None = None):
+                 worker_class: str = "gthread", env: dict | None = None, port: int | None = None,
+                 app_spec: str = "app:create_app()", config: Path = ROOT / "gunicorn.conf.py"):
         self.stand_in = stand_in
         self.name = name
         self.port = port or free_port()
@@ -57,6 +58,7 @@ class AppServer:
         self.log_path = self.workdir / f"{name}.log"
         self.workers, self.threads, self.worker_class = workers, threads, worker_class
         self.extra_env = env or {}
+        self.app_spec, self.config = app_spec, Path(config)
         self.process: subprocess.Popen | None = None
         stand_in.register_redirect_uri(f"{self.url}/getAToken")
 
@@ -73,10 +75,10 @@ class AppServer:
 
     def start(self) -> AppServer:
         command = [
-            sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
+            sys.executable, "-m", "gunicorn", "-c", str(self.config),
             "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers),
             "--threads", str(self.threads), "--worker-class", self.worker_class,
-            "app:create_app()",
+            self.app_spec,
         ]
         log = open(self.log_path, "ab")  # noqa: SIM115 (kept open for the process's life)
         self.process = subprocess.Popen(command, cwd=ROOT, env=self.environment(), stdout=log,
@@ -91,7 +93,7 @@ class AppServer:
             except requests.RequestException:
                 return False
 
-        wait_for(answers, timeout=30, what=f"{self.name} to answer")
+        wait_for(answers, timeout=60, what=f"{self.name} to answer")
         return self
 
     def stop(self) -> None:
