@@ -3,7 +3,7 @@
 `load()` turns an environment (normally `os.environ` after `.env` is loaded) into a
 plain dict of Flask config keys; `problems()` lists what is missing or contradictory
 so that the app can show a configuration page instead of failing. Nothing else in the
-app reads `os.environ`.
+app reads `os.environ` (but for requests' own REQUESTS_CA_BUNDLE, in `entra_auth.py`).
 """
 
 from __future__ import annotations
