@@ -324,6 +324,52 @@ def test_redis_url_builds_a_client_with_or_without_tls_without_connecting(tmp_pa
     assert not pool._created_connections  # nothing was connected
 
 
+@pytest.mark.redis
+def test_sessions_work_over_tls_with_a_rediss_url(tmp_path, fake_entra):
+    """A real redis-server serving TLS only (like Azure Cache for Redis on 6380)."""
+    require_redis_server()
+    import subprocess
+
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    ca_file, chain_file, key_file = tmp_path / "ca.pem", tmp_path / "chain.pem", tmp_path / "key.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    for blob in cert.cert_chain_pems:
+        blob.write_to_path(str(chain_file), append=True)
+    port = live.free_port()
+    server = subprocess.Popen(
+        ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path),
+         "--save", "", "--appendonly", "no", "--tls-cert-file", str(chain_file), "--tls-key-file", str(key_file),
+         "--tls-ca-cert-file", str(ca_file), "--tls-auth-clients", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca_file}"
+        tls_client = redis.Redis.from_url(url)
+        live.wait_for(lambda: _pings(tls_client), timeout=10, what="redis-server over TLS")
+        app = create_app(fast_config(tmp_path, SESSION_TYPE="redis", REDIS_URL=url))
+        client = app.test_client()
+        AuthActions(client, fake_entra).sign_in()
+        assert ME["displayName"] in client.get("/").get_data(as_text=True)
+        assert client.get("/healthz").json == {"status": "ok", "session_store": "ok"}
+        sid = client.get_cookie("session").value
+        assert tls_client.ttl(f"{PREFIX}{sid}") > 0
+        # Plain text to the TLS port is refused: the session data only travels encrypted.
+        assert not _pings(redis.Redis(host="127.0.0.1", port=port, socket_timeout=1))
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _pings(client) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
 def test_filesystem_is_the_default_session_store(tmp_path, fake_entra):
     app = create_app(fast_config(tmp_path))
     assert app.config["SESSION_TYPE"] == "filesystem"
