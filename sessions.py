@@ -49,6 +49,7 @@ class _SignInAwareSessions:
         return min(self.pending_lifetime, app.permanent_session_lifetime)
 
     def _upsert_session(self, session_lifetime, session, store_id):
+        # The store's TTL follows the session's state, not one lifetime for all.
         super()._upsert_session(self.lifetime_for(self.app, session), session, store_id)
 
     def get_cookie_secure(self, app: Flask) -> bool:
@@ -87,7 +88,7 @@ class _SignInAwareSessions:
 
 class FileSystemSessions(_SignInAwareSessions, CacheLibSessionInterface):
     def __init__(self, app: Flask, directory: str, **kwargs):
-        # threshold=0: never evict by count. Expired files are swept by _sweep().
+        # threshold=0: never evict by count. Expired files are swept by _sweep_if_due().
         super().__init__(app, client=FileSystemCache(directory, threshold=0, mode=0o600), **kwargs)
         self.app = app
         self._last_sweep = time.monotonic()
