@@ -334,13 +334,12 @@ def _sessions_unavailable_page():
 
 
 def _session_write_failed(response) -> None:
-    """Turn a response whose session change was lost into a 503 page."""
-    page, status = _error_page(503, "Sessions unavailable",
-                               "Your change could not be saved. Please try again in a moment.")
+    """Turn a response whose session change was lost into the 503 page."""
+    page, status, headers = _sessions_unavailable_page()
     response.set_data(page)
     response.status_code = status
     response.headers.pop("Location", None)
-    response.headers["Retry-After"] = "5"
+    response.headers.update(headers)
 
 
 def _register_error_handlers(app: Flask) -> None:
@@ -419,18 +418,24 @@ def _register_error_handlers(app: Flask) -> None:
                            request_id=request_id)
 
 
-def _register_template_filters(app: Flask) -> None:
-    @app.template_filter("as_text")
-    def as_text(value) -> str:
-        """Graph values are strings, numbers or lists of them (businessPhones)."""
-        if isinstance(value, (list, tuple)):
-            return ", ".join(str(v) for v in value)
-        return str(value)
+def as_text(value) -> str:
+    """Graph values are strings, numbers or lists of them (businessPhones)."""
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value)
+    return str(value)
 
-    @app.template_filter("tojson_pretty")
-    def tojson_pretty(value) -> str:
-        # A plain string, so that Jinja's autoescaping applies (Flask's tojson is for scripts).
-        return json.dumps(value, indent=2, ensure_ascii=False)
+
+def tojson_pretty(value) -> str:
+    # A plain string, so that Jinja's autoescaping applies (Flask's tojson is for scripts).
+    return json.dumps(value, indent=2, ensure_ascii=False)
+
+
+# The filters the templates use; bench/limit_app.py renders the same templates with them.
+TEMPLATE_FILTERS = {"as_text": as_text, "tojson_pretty": tojson_pretty}
+
+
+def _register_template_filters(app: Flask) -> None:
+    app.jinja_env.filters.update(TEMPLATE_FILTERS)
 
 
 # --- every request --------------------------------------------------------------------

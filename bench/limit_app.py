@@ -14,7 +14,6 @@ app does beyond the work the page cannot avoid.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from flask import Flask, render_template
 from requests.adapters import HTTPAdapter
 
 from app import SECURITY_HEADERS as APP_SECURITY_HEADERS
+from app import TEMPLATE_FILTERS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,15 +53,7 @@ def create_app() -> Flask:
     http.mount("http://", adapter)
     graph_headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
 
-    @app.template_filter("as_text")
-    def as_text(value) -> str:
-        if isinstance(value, (list, tuple)):
-            return ", ".join(str(v) for v in value)
-        return str(value)
-
-    @app.template_filter("tojson_pretty")
-    def tojson_pretty(value) -> str:
-        return json.dumps(value, indent=2, ensure_ascii=False)
+    app.jinja_env.filters.update(TEMPLATE_FILTERS)  # the app's own filters, for the same pages
 
     context = {"current_user": USER, "using_local_stand_in": True, "csrf_token": lambda: FIXED_CSRF_TOKEN}
 

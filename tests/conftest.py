@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
-import re
 import socket
 import time
 import uuid
@@ -20,6 +19,7 @@ import pytest
 import responses
 
 from app import create_app
+from live import CSRF_RE
 
 TENANT_ID = "9f0e5d3c-1b2a-4c8d-9e7f-6a5b4c3d2e1f"
 AUTHORITY_HOST = "https://login.example.test"
@@ -237,9 +237,6 @@ def app(tmp_path, fake_entra):
 @pytest.fixture
 def client(app):
     return app.test_client()
-
-
-CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
 class AuthActions:
