@@ -445,6 +445,7 @@ def test_filesystem_store_keeps_a_signed_in_user_through_10000_sessions(tmp_path
     real_time, real_monotonic = time.time, time.monotonic
     monkeypatch.setattr(sessions, "time", types.SimpleNamespace(
         time=lambda: real_time() + PENDING_LIFETIME + 1,
+        time_ns=time.time_ns,
         monotonic=lambda: real_monotonic() + sessions.SWEEP_INTERVAL_SECONDS + 1))
     assert app.test_client().get("/login").status_code == 302
     left = session_files(directory)
