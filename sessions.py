@@ -70,6 +70,16 @@ class _SignInAwareSessions:
     def save_session(self, app, session, response):
         if g.get("session_store_error") is not None:
             return  # nothing was read, so nothing may be written over what is stored
+        if not session.modified and not self.should_set_storage(app, session):
+            # The steady state of a page view: nothing to store and no cookie to send.
+            # Performance (make bench): Flask-Session would still look up the cookie's
+            # settings and parse the Vary header into a set to add "Cookie" (~0.01 ms).
+            if session.accessed:
+                if "Vary" in response.headers:
+                    response.vary.add("Cookie")
+                else:
+                    response.headers["Vary"] = "Cookie"
+            return
         try:
             super().save_session(app, session, response)
         except STORE_ERRORS as exc:
@@ -107,22 +117,23 @@ class _RecentlyReadFileSystemCache(FileSystemCache):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._remembered: dict[str, tuple[tuple[int, int, int], bytes]] = {}
+        # key -> (file name, (inode, mtime in ns, size), the file's bytes)
+        self._remembered: dict[str, tuple[str, tuple[int, int, int], bytes]] = {}
 
     def get(self, key: str):
-        filename = self._get_filename(key)
+        hit = self._remembered.get(key)
+        filename = self._get_filename(key) if hit is None else hit[0]
         try:
             stat = os.stat(filename)
-            hit = self._remembered.get(filename)
-            if hit is None or hit[0] != (stat.st_ino, stat.st_mtime_ns, stat.st_size):
+            if hit is None or hit[1] != (stat.st_ino, stat.st_mtime_ns, stat.st_size):
                 with open(filename, "rb") as file:
                     stat = os.fstat(file.fileno())  # the version of exactly these bytes
-                    hit = ((stat.st_ino, stat.st_mtime_ns, stat.st_size), file.read())
-                self._remember(filename, hit)
+                    hit = (filename, (stat.st_ino, stat.st_mtime_ns, stat.st_size), file.read())
+                self._remember(key, hit)
         except FileNotFoundError:
-            self._remembered.pop(filename, None)
+            self._remembered.pop(key, None)
             return None
-        content = hit[1]
+        content = hit[2]
         if len(content) < 4:  # not a file cachelib wrote
             return None
         # cachelib's file format: a 4-byte expiry time (0: never), then the pickled value.
@@ -133,7 +144,7 @@ class _RecentlyReadFileSystemCache(FileSystemCache):
 
     def set(self, key: str, value, timeout=None, mgmt_element: bool = False) -> bool:
         filename = self._get_filename(key)
-        self._remembered.pop(filename, None)
+        self._remembered.pop(key, None)
         if not super().set(key, value, timeout=timeout, mgmt_element=mgmt_element):
             return False
         now = time.time_ns()
@@ -144,13 +155,13 @@ class _RecentlyReadFileSystemCache(FileSystemCache):
         return True
 
     def delete(self, key: str, mgmt_element: bool = False) -> bool:
-        self._remembered.pop(self._get_filename(key), None)
+        self._remembered.pop(key, None)
         return super().delete(key, mgmt_element=mgmt_element)
 
-    def _remember(self, filename: str, hit) -> None:
+    def _remember(self, key: str, hit) -> None:
         if len(self._remembered) >= self.max_remembered:
             self._remembered.clear()  # rarely: a worker serving over a thousand users
-        self._remembered[filename] = hit
+        self._remembered[key] = hit
 
 
 class FileSystemSessions(_SignInAwareSessions, CacheLibSessionInterface):
