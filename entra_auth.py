@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import http.cookiejar
 import logging
 import os
@@ -43,7 +42,7 @@ DISCOVERY_RETRY_AFTER = 30
 # MSAL stops using a cached access token this many seconds before it expires.
 MSAL_EXPIRY_MARGIN = 300
 # Remembered token look-ups per process (see get_token_for_user); each holds one user's cache.
-TOKEN_MEMO_SIZE = 2048
+TOKEN_MEMO_SIZE = 1024
 
 
 class IdentityProviderUnavailable(Exception):
@@ -212,10 +211,10 @@ class EntraAuth(identity.web.Auth):
         # remembered until MSAL itself would stop using that token (5 minutes before it
         # expires, or at its refresh_on). A refresh changes the cache, hence the key; a
         # forced refresh never looks here.
-        key = None if force_refresh else self._token_memo_key(scopes)
+        serialized, key = (None, None) if force_refresh else self._token_memo_key(scopes)
         if key is not None:
             hit = self._token_memo.get(key)
-            if hit is not None and hit[0] > time.time():
+            if hit is not None and hit[0] > time.time() and hit[3] == serialized:
                 return dict(hit[1], expires_in=int(hit[2] - time.time()))
         result = self._get_token_for_user(scopes, force_refresh=force_refresh or None)
         if key is not None and result.get("token_source") == "cache" and "access_token" in result:
@@ -226,19 +225,27 @@ class EntraAuth(identity.web.Auth):
                 use_until = min(use_until, int(result["refresh_on"]))
             if use_until > now:
                 with self._token_memo_lock:
-                    self._token_memo[key] = (use_until, dict(result), expires_on)
+                    self._token_memo[key] = (use_until, dict(result), expires_on, serialized)
                     while len(self._token_memo) > TOKEN_MEMO_SIZE:
                         self._token_memo.popitem(last=False)
         return result
 
     def _token_memo_key(self, scopes):
-        serialized = self._session.get(self._TOKEN_CACHE)
-        user = self._load_user_from_session()
+        """(the session's serialized token cache, the memo key for it), or (None, None)."""
+        session = self._current_session()
+        serialized = session.get(self._TOKEN_CACHE)
+        user = session.get(self._USER)
         if not serialized or not user:
-            return None
-        # A digest, so that the memo holds no refresh token and little memory.
-        digest = hashlib.sha256(serialized.encode() if isinstance(serialized, str) else serialized).digest()
-        return digest, tuple(scopes or ()), user.get("preferred_username")
+            return None, None
+        # Python's own string hash (keyed per process, so nobody can aim for a collision)
+        # finds the entry; a hit also needs the whole token cache to be equal.
+        return serialized, (hash(serialized), tuple(scopes or ()), user.get("preferred_username"))
+
+    def _current_session(self):
+        """The session itself rather than Flask's `session` proxy, which resolves the
+        request context again on every use."""
+        resolve = getattr(self._session, "_get_current_object", None)
+        return resolve() if resolve is not None else self._session
 
     def complete_log_in(self, auth_response=None):
         """identity's call; an answer from the identity provider that is not OAuth-shaped

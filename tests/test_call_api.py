@@ -213,3 +213,20 @@ def test_graph_401_twice_right_after_sign_in_explains_instead_of_looping(signed_
     assert response.status_code == 502
     page = response.get_data(as_text=True)
     assert "did not accept the access token" in page and "Audience bad" in page
+
+
+def test_remembered_token_is_never_handed_to_another_session_even_on_a_hash_collision(
+        app, client, auth, fake_entra, monkeypatch):
+    import entra_auth
+
+    monkeypatch.setattr(entra_auth, "hash", lambda value: 0, raising=False)  # every key collides
+    auth.sign_in()
+    first_token = fake_entra.issued_access_tokens[-1]
+    other = app.test_client()
+    AuthActions(other, fake_entra).sign_in()  # the same user in another browser: its own token cache
+    second_token = fake_entra.issued_access_tokens[-1]
+    assert first_token != second_token
+
+    for browser, token in ((client, first_token), (other, second_token), (client, first_token)):
+        assert browser.get("/call_downstream_api").status_code == 200
+        assert fake_entra.graph_calls()[-1].request.headers["Authorization"] == f"Bearer {token}"
