@@ -75,8 +75,10 @@ SECURITY_HEADERS = {
         "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
     ),
     "X-Content-Type-Options": "nosniff",
-    # The auth code travels in the callback's query string: never send it anywhere.
-    "Referrer-Policy": "no-referrer",
+    # Never to another site (the auth code travels in the callback's query string), but to
+    # this one: over https, Flask-WTF refuses a sign-out POST whose Referer is missing or
+    # from another origin, and "no-referrer" made every browser send none.
+    "Referrer-Policy": "same-origin",
     "X-Frame-Options": "DENY",
     "Cross-Origin-Opener-Policy": "same-origin",
 }

@@ -1,9 +1,9 @@
 """Real parts for the real-protocol, browser and scale-out tiers.
 
-`AppServer` runs the app under gunicorn in a subprocess on a free loopback port, pointed
-at the local stand-in over TLS; `WebUser` is a person with a browser's cookie jar who signs
-in by picking an account on the stand-in's page; `RedisServer` is Debian's redis-server on
-a free port in a temporary directory.
+`AppServer` runs the app under gunicorn in a subprocess on a free loopback port (http, or
+https with `TlsFiles`), pointed at the local stand-in over TLS; `WebUser` is a person with
+a browser's cookie jar who signs in by picking an account on the stand-in's page;
+`RedisServer` is Debian's redis-server on a free port in a temporary directory.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urljoin, urlsplit
 
@@ -43,16 +44,38 @@ def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str
     raise TimeoutError(f"timed out waiting for {what}")
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    cert: Path
+    key: Path
+    ca: Path
+
+    @classmethod
+    def for_loopback(cls, directory: Path) -> TlsFiles:
+        """A throwaway CA and a server certificate for 127.0.0.1 and localhost."""
+        import trustme
+
+        ca = trustme.CA()
+        server = ca.issue_cert("127.0.0.1", "localhost")
+        files = cls(directory / "server.crt", directory / "server.key", directory / "ca.crt")
+        files.cert.write_bytes(b"".join(blob.bytes() for blob in server.cert_chain_pems))
+        server.private_key_pem.write_to_path(str(files.key))
+        ca.cert_pem.write_to_path(str(files.ca))
+        return files
+
+
 class AppServer:
     """`gunicorn 'app:create_app()'` with this repo's gunicorn.conf.py, on 127.0.0.1."""
 
     def __init__(self, stand_in, workdir: Path, *, name: str = "app", workers: int = 1, threads: int = 4,
                  worker_class: str = "gthread", env: dict | None = None, port: int | None = None,
-                 app_spec: str = "app:create_app()", config: Path = ROOT / "gunicorn.conf.py"):
+                 app_spec: str = "app:create_app()", config: Path = ROOT / "gunicorn.conf.py",
+                 tls: TlsFiles | None = None):
         self.stand_in = stand_in
         self.name = name
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.tls = tls
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.workdir / f"{name}.log"
@@ -80,6 +103,8 @@ class AppServer:
             "--threads", str(self.threads), "--worker-class", self.worker_class,
             self.app_spec,
         ]
+        if self.tls:
+            command[-1:-1] = ["--certfile", str(self.tls.cert), "--keyfile", str(self.tls.key)]
         log = open(self.log_path, "ab")  # noqa: SIM115 (kept open for the process's life)
         self.process = subprocess.Popen(command, cwd=ROOT, env=self.environment(), stdout=log,
                                         stderr=subprocess.STDOUT, start_new_session=True)
@@ -89,7 +114,8 @@ class AppServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited: {self.log_path.read_text()[-3000:]}")
             try:
-                return requests.get(f"{self.url}/healthz", timeout=2).status_code in (200, 503)
+                verify = str(self.tls.ca) if self.tls else True
+                return requests.get(f"{self.url}/healthz", timeout=2, verify=verify).status_code in (200, 503)
             except requests.RequestException:
                 return False
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from live import IN_CI, ROOT
+from live import IN_CI, ROOT, AppServer, TlsFiles
 from local_entra import USERS
 
 try:
@@ -161,6 +161,39 @@ def test_sign_in_see_profile_and_sign_out(page, live_app, stand_in, axe):
     # Signed out for real: the profile asks for a sign-in again.
     page.goto("/call_downstream_api")
     expect(page.get_by_role("heading", name="Pick an account")).to_be_visible()
+
+
+@pytest.fixture(scope="module")
+def https_app(stand_in, tmp_path_factory):
+    """The app served over https by gunicorn itself, as behind nothing but TLS."""
+    workdir = tmp_path_factory.mktemp("https-app")
+    server = AppServer(stand_in, workdir, name="https-app", tls=TlsFiles.for_loopback(workdir)).start()
+    yield server
+    server.stop()
+
+
+def test_sign_in_and_sign_out_over_https(browser, https_app, fresh_stand_in):
+    # Over https the cookie is Secure, and sign-out's CSRF check also wants a same-origin
+    # Referer: the one the browser sends under the app's own Referrer-Policy.
+    context = browser.new_context(viewport=VIEWPORT, base_url=https_app.url, locale="en-US",
+                                  ignore_https_errors=True)  # the throwaway CA is not the browser's
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    try:
+        open_picker(page)
+        page.get_by_role("button", name=re.compile(re.escape(PRIYA["displayName"]))).click()
+        page.wait_for_url(f"{https_app.url}/")
+        expect(header(page)).to_contain_text(f"Signed in as {PRIYA['displayName']}")
+        cookie = next(c for c in context.cookies() if c["name"] == "session")
+        assert cookie["secure"] and cookie["httpOnly"] and cookie["sameSite"] == "Lax"
+
+        header(page).get_by_role("button", name="Sign out").click()
+        expect(page.get_by_role("heading", name="You signed out of your account")).to_be_visible()
+        page.goto("/")
+        expect(page.get_by_role("main").get_by_role("link", name="Sign in")).to_be_visible()
+        expect(page.locator("body")).not_to_contain_text("Signed in as")
+    finally:
+        context.close()
 
 
 def test_cancel_on_the_picker_shows_the_cancelled_page(page, live_app, axe):

@@ -8,6 +8,7 @@ import pytest
 
 from app import create_app
 from conftest import ME, fast_config, session_cookie
+from live import CSRF_RE
 
 PAGES = ["/", "/login", "/logout", "/healthz", "/call_downstream_api", "/getAToken", "/no-such-page",
          "/static/style.css"]
@@ -19,7 +20,7 @@ def test_every_response_carries_the_security_headers(client, path):
     csp = response.headers["Content-Security-Policy"]
     assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp and "unsafe-inline" not in csp
     assert response.headers["X-Content-Type-Options"] == "nosniff"
-    assert response.headers["Referrer-Policy"] == "no-referrer"
+    assert response.headers["Referrer-Policy"] == "same-origin"
     for name in ("Content-Security-Policy", "X-Content-Type-Options", "Referrer-Policy", "Cache-Control"):
         assert len(response.headers.getlist(name)) == 1, name
     if path != "/static/style.css":
@@ -113,6 +114,28 @@ def test_cross_site_get_changes_no_state(client, auth):
     for path in ("/logout", "/", "/call_downstream_api"):
         client.get(path, headers={"Sec-Fetch-Site": "cross-site", "Referer": "https://evil.example/"})
     assert "Signed in as" in client.get("/").get_data(as_text=True)
+
+
+def test_sign_out_over_https_works_with_the_referer_browsers_send_under_our_policy(client, auth):
+    # Referrer-Policy: same-origin makes a browser send this page's URL with the form.
+    auth.sign_in()
+    home = client.get("/", base_url="https://localhost").get_data(as_text=True)
+    token = CSRF_RE.search(home).group(1)
+    response = client.post("/logout", data={"csrf_token": token}, base_url="https://localhost",
+                           headers={"Referer": "https://localhost/"})
+    assert response.status_code == 303
+    assert "Signed in as" not in client.get("/", base_url="https://localhost").get_data(as_text=True)
+
+
+@pytest.mark.parametrize("referer", [None, "https://evil.example/", "http://localhost/", "https://localhost.evil.example/"])
+def test_sign_out_over_https_from_another_origin_is_refused(client, auth, referer):
+    auth.sign_in()
+    home = client.get("/", base_url="https://localhost").get_data(as_text=True)
+    token = CSRF_RE.search(home).group(1)
+    response = client.post("/logout", data={"csrf_token": token}, base_url="https://localhost",
+                           headers={"Referer": referer} if referer else {})
+    assert response.status_code == 400
+    assert "Signed in as" in client.get("/", base_url="https://localhost").get_data(as_text=True)
 
 
 def test_sign_out_with_a_forged_csrf_token_is_refused(client, auth):
