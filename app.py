@@ -59,7 +59,8 @@ warnings.filterwarnings("ignore", message="response_mode='form_post' is recommen
 
 # Token errors that a new interactive sign-in fixes.
 SIGN_IN_AGAIN_ERRORS = {"interaction_required", "invalid_grant", "login_required", "no_account"}
-CONSENT_ERRORS = {"consent_required", "invalid_scope"}
+# identity's own answer when the token lacks a scope that was asked for (error invalid_scope).
+UNGRANTED_SCOPES = "Ungranted scope(s)"
 ALLOWED_PROMPTS = {"select_account", "consent", "login"}
 SIGNED_IN_AT_KEY = "signed_in_at"
 # A downstream 401 this soon after signing in is not fixed by signing in again.
@@ -111,6 +112,9 @@ def create_app(test_config: dict | None = None) -> Flask:
         SESSION_COOKIE_SECURE=False,  # also Secure per request whenever it came over https
         # A page view that changed nothing writes nothing and sends no Set-Cookie.
         SESSION_REFRESH_EACH_REQUEST=False,
+        # The one form (sign-out) is a few hundred bytes: a bigger body is refused (413)
+        # before Flask-WTF would parse it, files and all.
+        MAX_CONTENT_LENGTH=16 * 1024,
         WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the session it is bound to
         WTF_CSRF_CHECK_DEFAULT=False,  # checked in our own before_request hook, see there
     )
@@ -136,7 +140,9 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     if app.config["PROXY_COUNT"] > 0:
         n = app.config["PROXY_COUNT"]
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n, x_prefix=n)
+        # Client, scheme and host (with its port) only: App Service and the README's nginx
+        # set nothing else, so an X-Forwarded-Port or -Prefix could only come from the client.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=0, x_prefix=0)
 
     auth = EntraAuth(
         session=session,
@@ -202,8 +208,15 @@ def _register_routes(app: Flask, auth: EntraAuth, api: DownstreamApi) -> None:
             if _needs_consent(result):  # e.g. identity's "Ungranted scope(s)"
                 return _consent_page(next_path=safe_next_path(next_link))
             status = 403 if result.get("error") == "access_denied" else 400
+            if status == 400:  # repr: the text comes from the query string, newlines and all
+                logger.warning("Sign-in failed: %r", str(result.get("error"))[:100])
             return _auth_error_page(result, status=status)
         if not result:
+            if SIGNED_IN_KEY in session:  # e.g. Back after signing in, or a second tab's sign-in
+                return render_template(
+                    "error.html", status=400, title="This sign-in link was already used",
+                    message="You are already signed in, so there is nothing more to do here.",
+                    action_url=url_for("index"), action_label="Continue to the home page"), 400
             return _sign_in_failed_page(
                 "This sign-in link was already used, has expired, or was started in another browser.")
         # A new session id at sign-in: an id planted before sign-in is worth nothing after.
@@ -262,15 +275,18 @@ def _register_routes(app: Flask, auth: EntraAuth, api: DownstreamApi) -> None:
 
     @app.get("/healthz")
     def healthz():
+        # Anyone can ask, so the answer names the kind of failure only; the log has the
+        # details (host, port, path).
         store = current_app.session_interface
         body = {"status": "ok", "session_store": "ok"}
         if g.get("session_store_error") is not None:
-            body.update(status="unavailable", session_store=_describe(g.session_store_error))
+            body.update(status="unavailable", session_store=type(g.session_store_error).__name__)
         else:
             try:
                 store.ping()
             except Exception as exc:  # noqa: BLE001 (any failure of the store is the answer here)
-                body.update(status="unavailable", session_store=_describe(exc))
+                logger.error("Health check: session store unavailable: %s", _describe(exc))
+                body.update(status="unavailable", session_store=type(exc).__name__)
         if current_app.extensions["config_problems"]:
             body.update(status="unconfigured",
                         configuration=[p.key for p in current_app.extensions["config_problems"]])
@@ -278,8 +294,12 @@ def _register_routes(app: Flask, auth: EntraAuth, api: DownstreamApi) -> None:
 
 
 def _needs_consent(result: dict) -> bool:
-    return (result.get("error") in CONSENT_ERRORS or result.get("suberror") == "consent_required"
-            or "AADSTS65001" in (result.get("error_description") or ""))
+    """True when granting permission fixes it. Not for every invalid_scope: a misspelt SCOPE
+    (AADSTS70011) is a configuration error that no consent can fix."""
+    description = str(result.get("error_description") or "")
+    return (result.get("error") == "consent_required" or result.get("suberror") == "consent_required"
+            or "AADSTS65001" in description
+            or (result.get("error") == "invalid_scope" and description.startswith(UNGRANTED_SCOPES)))
 
 
 def _consent_page(next_path: str):
@@ -385,10 +405,13 @@ def _register_error_handlers(app: Flask) -> None:
         logger.warning("Identity provider unreachable: %s", _describe(exc))
         timed_out = isinstance(exc, requests.Timeout) and not isinstance(exc, requests.ConnectionError)
         status = 504 if timed_out else 503
+        if request.endpoint == "auth_response":  # its query string is spent: start a new sign-in
+            retry_url = url_for("login")
+        else:
+            retry_url = request.path if request.method == "GET" else url_for("index")
         page = _error_page(status, "Microsoft Entra ID can't be reached",
                            "Signing in and getting tokens is not possible right now. Please try again in a minute.",
-                           action_url=request.path if request.method == "GET" else url_for("index"),
-                           action_label="Try again")
+                           action_url=retry_url, action_label="Try again")
         return (*page, {"Retry-After": "30"})
 
     @app.errorhandler(IdentityProviderMisbehaved)
@@ -483,7 +506,7 @@ def _register_hooks(app: Flask, csrf: CSRFProtect) -> None:
             return _sessions_unavailable_page()
         # The CSRF check, here rather than in Flask-WTF's own hook (WTF_CSRF_CHECK_DEFAULT is
         # off): after the 503s above, and only for the methods that can change state.
-        if request.method in csrf_methods:
+        if request.method in csrf_methods and not _signing_out_a_browser_not_signed_in():
             csrf.protect()
         return None
 
@@ -501,6 +524,14 @@ def _register_hooks(app: Flask, csrf: CSRFProtect) -> None:
         if request.endpoint != "static":
             response.headers["Cache-Control"] = "no-store"  # replaces whatever was there
         return response
+
+
+def _signing_out_a_browser_not_signed_in() -> bool:
+    """Sign-out needs no CSRF token when nobody is signed in here: there is nothing local to
+    protect, and the rest is a redirect to Entra ID's sign-out, which any site can already
+    send a browser to. A second tab's Sign out, or one after the session expired, then ends
+    the Entra ID session too instead of answering "this form has expired"."""
+    return request.endpoint == "logout" and SIGNED_IN_KEY not in session
 
 
 def _csrf_token_signed_once(app: Flask):
@@ -579,7 +610,12 @@ class _RedactSecrets(logging.Filter):
         return text
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 (a library's call whose arguments do not fit its format)
+            # logging would print the raw message and arguments to stderr, unredacted.
+            message = record.msg = f"{record.msg!r} with arguments {record.args!r}"
+            record.args = None
         redacted = self.redact(message)
         if redacted != message:
             record.msg, record.args = redacted, None

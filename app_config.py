@@ -194,6 +194,16 @@ def problems(config) -> list[Problem]:
         found.append(Problem("ENDPOINT", "must be an https URL (the token is sent to it).",
                              f"Microsoft Graph: {GRAPH_ME}"))
 
+    for key, smallest, why in (
+            ("SESSION_LIFETIME_SECONDS", 60, "How long a signed-in session lasts; 28800 is 8 hours."),
+            ("PENDING_SIGN_IN_LIFETIME_SECONDS", 60, "How long a started sign-in may take; 3600 is an hour."),
+            ("DOWNSTREAM_POOL_SIZE", 1, "Connections kept to the downstream API per process; 16 is plenty."),
+            ("PROXY_COUNT", 0, "The number of reverse proxies in front of the app; 0 when there is none.")):
+        value = config.get(key)
+        if isinstance(value, int) and value < smallest:
+            # 0 would mean "never expires" to the file store and an error to Redis.
+            found.append(Problem(key, f"must be a whole number of at least {smallest}.", why))
+
     session_type = config.get("SESSION_TYPE")
     if session_type not in SESSION_TYPES:
         found.append(Problem("SESSION_TYPE", f"must be one of {', '.join(SESSION_TYPES)}.", ""))

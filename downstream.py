@@ -70,7 +70,7 @@ class Unreachable(DownstreamError):
 def _retry_after_seconds(response: requests.Response) -> int | None:
     """Retry-After as whole seconds (it may be a number or an HTTP date), capped at an hour."""
     raw = (response.headers.get("Retry-After") or "").strip()
-    if raw.isdigit():
+    if raw.isascii() and raw.isdigit():  # isdigit() alone also accepts "²", which int() refuses
         seconds = int(raw) if len(raw) < 8 else MAX_RETRY_AFTER
     else:
         try:

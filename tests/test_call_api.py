@@ -156,6 +156,16 @@ def test_consent_required_explains_and_offers_to_consent(signed_in, fake_entra):
     assert "needs your permission" in page and "prompt=consent" in page
 
 
+def test_misspelt_scope_at_token_time_gives_the_error_page_not_consent(client, auth, fake_entra):
+    fake_entra.access_token_lifetime = 60  # so that the page view asks the token endpoint
+    auth.sign_in()
+    fake_entra.fail_next_token("invalid_scope", "AADSTS70011: The provided value for 'scope' is not valid.")
+    response = client.get("/call_downstream_api")
+    page = response.get_data(as_text=True)
+    assert response.status_code == 502, page[:500]
+    assert "AADSTS70011" in page and "prompt=consent" not in page
+
+
 def test_other_token_errors_give_a_502_page(signed_in, fake_entra):
     fake_entra.graph_answers(401, {"error": {"code": "InvalidAuthenticationToken", "message": "x"}})
     fake_entra.fail_next_token("invalid_client", "AADSTS7000215: Invalid client secret provided")
@@ -197,6 +207,10 @@ def test_graph_redirect_is_not_followed_with_the_token(signed_in, fake_entra):
     ("99999999999999999999999", "3600"),
     ("Wed, 21 Oct 2015 07:28:00 GMT", "1"),  # a date in the past: try again now
     ("soon", "5"),
+    ("\u00b2", "5"),  # a latin-1 superscript two: str.isdigit() says yes, int() says no
+    ("\u0661\u0662", "5"),  # Arabic-Indic digits
+    ("-1", "5"),
+    ("", "5"),
 ])
 def test_graph_retry_after_is_parsed_and_capped(signed_in, fake_entra, retry_after, expected):
     for _ in range(2):

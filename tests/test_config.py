@@ -79,6 +79,13 @@ def test_b2c_pair_builds_the_b2clogin_authority():
     ({"AUTHORITY": "https://login.microsoftonline.com/t", "ENDPOINT": "http://graph.example/me"}, "ENDPOINT", "https"),
     ({"AUTHORITY": "https://login.microsoftonline.com/t", "SESSION_TYPE": "memcached"}, "SESSION_TYPE", "one of"),
     ({"AUTHORITY": "https://login.microsoftonline.com/t", "SESSION_TYPE": "redis"}, "REDIS_URL", "not set"),
+    ({"AUTHORITY": "https://login.microsoftonline.com/t", "SESSION_LIFETIME_SECONDS": "0"},
+     "SESSION_LIFETIME_SECONDS", "at least 60"),
+    ({"AUTHORITY": "https://login.microsoftonline.com/t", "PENDING_SIGN_IN_LIFETIME_SECONDS": "-5"},
+     "PENDING_SIGN_IN_LIFETIME_SECONDS", "at least 60"),
+    ({"AUTHORITY": "https://login.microsoftonline.com/t", "DOWNSTREAM_POOL_SIZE": "0"},
+     "DOWNSTREAM_POOL_SIZE", "at least 1"),
+    ({"AUTHORITY": "https://login.microsoftonline.com/t", "PROXY_COUNT": "-1"}, "PROXY_COUNT", "at least 0"),
 ])
 def test_contradictory_or_invalid_settings_are_named(env, key, words):
     found = app_config.problems(app_config.load({**BASE, **env}))

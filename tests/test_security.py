@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 
 import pytest
@@ -78,6 +79,16 @@ def test_proxy_headers_are_ignored_unless_a_proxy_count_is_set(tmp_path, fake_en
     assert "Secure" in session_cookie(response)
 
 
+def test_behind_a_proxy_forwarded_prefix_and_port_from_the_client_change_nothing(tmp_path, fake_entra):
+    client = create_app(fast_config(tmp_path, PROXY_COUNT=1)).test_client()
+    headers = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "app.example:8443",
+               "X-Forwarded-Prefix": "//evil.example", "X-Forwarded-Port": "1"}
+    location = client.get("/login", headers=headers).headers["Location"]
+    assert "redirect_uri=https%3A%2F%2Fapp.example%3A8443%2FgetAToken" in location
+    page = client.get("/", headers=headers).get_data(as_text=True)
+    assert 'href="/static/style.css' in page and "evil.example" not in page
+
+
 def test_unknown_path_is_a_404_page_in_the_site_layout(client):
     response = client.get("/no-such-page")
     assert response.status_code == 404
@@ -136,6 +147,18 @@ def test_sign_out_over_https_from_another_origin_is_refused(client, auth, refere
                            headers={"Referer": referer} if referer else {})
     assert response.status_code == 400
     assert "Signed in as" in client.get("/", base_url="https://localhost").get_data(as_text=True)
+
+
+@pytest.mark.parametrize("as_file", [False, True])
+def test_an_oversized_sign_out_body_is_refused_before_it_is_parsed(client, auth, as_file):
+    auth.sign_in()
+    token = auth.csrf_token()
+    padding = b"x" * (2 * 1024 * 1024)
+    data = {"csrf_token": token, "padding": (io.BytesIO(padding), "big.bin") if as_file else padding.decode()}
+    response = client.post("/logout", data=data)
+    assert response.status_code == 413
+    assert "<h1" in response.get_data(as_text=True)
+    assert "Signed in as" in client.get("/").get_data(as_text=True)
 
 
 def test_sign_out_with_a_forged_csrf_token_is_refused(client, auth):
@@ -203,3 +226,27 @@ def test_sign_in_as_someone_else_drops_the_previous_users_tokens(client, auth, f
     with client.session_transaction() as session:
         cache = session["_token_cache"]
     assert "bob@x" in cache and ME["userPrincipalName"] not in cache
+
+
+def test_healthz_names_a_store_failure_without_its_address(tmp_path, fake_entra, caplog):
+    from live import free_port
+
+    url = f"redis://:s3cret-password@127.0.0.1:{free_port()}/0"  # nothing listens there
+    app = create_app(fast_config(tmp_path, SESSION_TYPE="redis", REDIS_URL=url))
+    with caplog.at_level(logging.ERROR):
+        response = app.test_client().get("/healthz")
+    assert response.status_code == 503
+    assert response.json["session_store"] == "ConnectionError"
+    body = response.get_data(as_text=True)
+    assert "127.0.0.1" not in body and "s3cret" not in body
+    assert any("127.0.0.1" in record.getMessage() for record in caplog.records)  # the log has it
+
+
+def test_a_log_call_whose_arguments_do_not_fit_is_still_redacted():
+    from app import _RedactSecrets
+
+    jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
+    record = logging.LogRecord("lib", logging.WARNING, __file__, 1, "token %s and %s", (jwt,), None)
+    assert _RedactSecrets().filter(record)
+    line = logging.Formatter().format(record)  # does not raise any more
+    assert jwt not in line and "[redacted-jwt]" in line

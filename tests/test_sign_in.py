@@ -9,7 +9,7 @@ import requests
 import responses
 
 from app import create_app
-from conftest import AUTHORITY, CLIENT_ID, ME, AuthActions, fast_config, session_cookie
+from conftest import AUTHORITY, CLIENT_ID, ME, AuthActions, FakeEntra, fast_config, session_cookie
 
 
 def test_login_redirects_to_the_authorize_endpoint_with_pkce_state_and_nonce(client, auth):
@@ -117,6 +117,18 @@ def test_replayed_callback_does_not_sign_in_again(client, auth):
     assert "Signed in as" not in client.get("/").get_data(as_text=True)
 
 
+def test_back_to_the_callback_while_signed_in_says_so_and_changes_nothing(client, auth):
+    params = auth.start()
+    assert auth.callback(code="c", state=params["state"]).status_code == 302
+    sid = client.get_cookie("session").value
+    replay = auth.callback(code="c", state=params["state"])
+    assert replay.status_code == 400
+    page = replay.get_data(as_text=True)
+    assert "already signed in" in page and 'href="/"' in page
+    assert client.get_cookie("session").value == sid
+    assert "Signed in as" in client.get("/").get_data(as_text=True)
+
+
 def test_callback_after_cancel_cannot_be_completed_with_the_same_state(client, auth):
     params = auth.start()
     auth.callback(error="access_denied", state=params["state"])
@@ -162,6 +174,23 @@ def test_logout_without_csrf_token_changes_nothing(client, auth):
     assert "Signed in as" in client.get("/").get_data(as_text=True)
 
 
+def test_second_sign_out_from_a_stale_tab_still_ends_the_entra_session(app, client, auth):
+    auth.sign_in()
+    stale_token = auth.csrf_token()  # the sign-out form of a second tab, loaded while signed in
+    assert auth.sign_out().status_code == 303
+    response = client.post("/logout", data={"csrf_token": stale_token})
+    assert response.status_code == 303
+    assert response.headers["Location"].startswith(FakeEntra.end_session_endpoint)
+    assert "Signed in as" not in client.get("/").get_data(as_text=True)
+
+
+def test_sign_out_without_any_session_goes_to_entra_and_stores_nothing(app, client):
+    response = client.post("/logout")
+    assert response.status_code == 303
+    assert response.headers["Location"].startswith(FakeEntra.end_session_endpoint)
+    assert session_cookie(response) is None or "Expires=Thu, 01 Jan 1970" in session_cookie(response)
+
+
 def test_logout_deletes_the_server_side_session(app, client, auth):
     auth.sign_in()
     sid = client.get_cookie("session").value
@@ -191,6 +220,16 @@ def test_login_when_the_identity_provider_is_unreachable_says_so(tmp_path, fake_
     response = client.get("/login")
     assert response.status_code == 503
     assert "Microsoft Entra ID can&#39;t be reached" in response.get_data(as_text=True)
+
+
+def test_token_endpoint_down_at_the_callback_offers_a_new_sign_in(client, auth, fake_entra):
+    params = auth.start()
+    fake_entra.rsps.replace(responses.POST, fake_entra.token_endpoint, body=requests.ConnectionError("down"))
+    response = auth.callback(code="c", state=params["state"])
+    assert response.status_code == 503
+    page = response.get_data(as_text=True)
+    assert 'href="/login"' in page and 'href="/getAToken"' not in page
+    assert "Signed in as" not in client.get("/").get_data(as_text=True)
 
 
 def test_login_when_discovery_answers_5xx_says_so(tmp_path, fake_entra):
@@ -230,6 +269,17 @@ def test_ungranted_scope_at_sign_in_explains_and_offers_consent(client, auth, fa
     assert response.status_code == 403
     page = response.get_data(as_text=True)
     assert "needs your permission" in page and "prompt=consent" in page
+    assert "Signed in as" not in client.get("/").get_data(as_text=True)
+
+
+def test_misspelt_scope_at_sign_in_shows_entra_s_error_instead_of_a_consent_loop(client, auth, fake_entra):
+    params = auth.start()
+    description = "AADSTS70011: The provided value for the input parameter 'scope' is not valid."
+    response = auth.callback(error="invalid_scope", error_description=description, state=params["state"])
+    assert response.status_code == 400
+    page = response.get_data(as_text=True)
+    assert "AADSTS70011" in page and "invalid_scope" in page
+    assert "prompt=consent" not in page
     assert "Signed in as" not in client.get("/").get_data(as_text=True)
 
 
