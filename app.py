@@ -196,6 +196,7 @@ def _register_routes(app: Flask, auth: EntraAuth, api: DownstreamApi) -> None:
             # identity reads an empty answer as the device-code flow, which this app never starts.
             return _sign_in_failed_page("The identity provider's answer is missing.")
         next_link = auth.pending_next_link()
+        answers_the_pending_sign_in = bool(answer.get("code")) and answer.get("state") == auth.pending_state()
         try:
             with auth.replacing_the_session(answer):
                 result = auth.complete_log_in(answer)
@@ -212,6 +213,11 @@ def _register_routes(app: Flask, auth: EntraAuth, api: DownstreamApi) -> None:
                 logger.warning("Sign-in failed: %r", str(result.get("error"))[:100])
             return _auth_error_page(result, status=status)
         if not result:
+            if answers_the_pending_sign_in:
+                # The code is for the sign-in in progress, yet nothing came of it: identity
+                # turns MSAL's ValueError into {}, and with the state checked, what is left is
+                # a token endpoint that answered something other than JSON.
+                raise IdentityProviderMisbehaved("The token endpoint's answer is not JSON.")
             if SIGNED_IN_KEY in session:  # e.g. Back after signing in, or a second tab's sign-in
                 return render_template(
                     "error.html", status=400, title="This sign-in link was already used",

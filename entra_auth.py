@@ -286,6 +286,10 @@ class EntraAuth(identity.web.Auth):
                 self._session.update(previous)
                 self._session.pop(self._AUTH_FLOW, None)  # the code was spent either way
 
+    def pending_state(self) -> str | None:
+        """The OAuth state of the sign-in in progress, if any."""
+        return (self._session.get(self._AUTH_FLOW) or {}).get("state")
+
     def pending_next_link(self) -> str | None:
         """Where the sign-in in progress should end up (identity keeps it in the flow)."""
         return (self._session.get(self._AUTH_FLOW) or {}).get(f"{identity.web.__name__}.next_link")

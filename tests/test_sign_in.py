@@ -301,13 +301,15 @@ def test_consent_page_after_sign_in_keeps_the_page_asked_for(client, auth, fake_
     assert "next=/call_downstream_api" in page
 
 
-@pytest.mark.parametrize("body", ["[1, 2]", '{"token_type": "Bearer", "access_token": "x"}', "null"])
+@pytest.mark.parametrize("body", ["[1, 2]", '{"token_type": "Bearer", "access_token": "x"}', "null",
+                                  "<html>502 Bad Gateway</html>", ""])
 def test_token_endpoint_answer_that_is_not_oauth_shaped_gives_502(client, auth, fake_entra, body):
     params = auth.start()
     fake_entra.rsps.replace(responses.POST, fake_entra.token_endpoint, body=body, status=200,
                             content_type="application/json")
     response = auth.callback(code="c", state=params["state"])
-    assert response.status_code in (400, 502)
+    assert response.status_code == 502
+    assert "answered something unexpected" in response.get_data(as_text=True)
     assert "Signed in as" not in client.get("/").get_data(as_text=True)
 
 
