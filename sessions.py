@@ -10,6 +10,8 @@ What Flask-Session's stock interfaces lack, added here and nothing else:
 * A store that fails (Redis down, disk full) does not turn into a 500: the request gets
   an empty session, `g.session_store_error` is set, and the app answers "sessions
   unavailable" (503).
+* A session deleted while a request had it in memory (a sign-out in another tab, the old
+  id at sign-in) stays deleted: that request's changes are not written back.
 * The cookie is Secure whenever the request came over https.
 """
 
@@ -37,6 +39,10 @@ SWEEP_INTERVAL_SECONDS = 300
 STORE_ERRORS = (redis.RedisError, OSError, EOFError)
 
 
+class _SessionGone(Exception):
+    """The stored record of a session loaded by this request was deleted before its write."""
+
+
 class _SignInAwareSessions:
     """Mixin for a Flask-Session interface (must come first in the bases)."""
 
@@ -49,9 +55,10 @@ class _SignInAwareSessions:
             return app.permanent_session_lifetime
         return min(self.pending_lifetime, app.permanent_session_lifetime)
 
-    def _upsert_session(self, session_lifetime, session, store_id):
-        # The store's TTL follows the session's state, not one lifetime for all.
-        super()._upsert_session(self.lifetime_for(self.app, session), session, store_id)
+    def _loaded_from_store(self, session) -> bool:
+        # Flask-Session keeps the cookie's id only when the store had a record for it; a
+        # new session, and one given a new id by regenerate(), has an id the cookie lacks.
+        return session.sid == request.cookies.get(self.get_cookie_name(self.app))
 
     def get_cookie_secure(self, app: Flask) -> bool:
         return bool(app.config["SESSION_COOKIE_SECURE"] or request.is_secure)
@@ -82,6 +89,14 @@ class _SignInAwareSessions:
             return
         try:
             super().save_session(app, session, response)
+        except _SessionGone:
+            # Another request deleted this session after this one read it: a sign-out, or a
+            # sign-in that moved the browser to a new id. Writing it back would sign the old
+            # session in again, so nothing is stored and no cookie is sent. Not even one that
+            # deletes it: the browser already got that other response's cookie (none after a
+            # sign-out, the new id after a sign-in), and a deletion arriving after it would
+            # undo that sign-in.
+            logger.info("A session deleted by another request was not written back")
         except STORE_ERRORS as exc:
             # The page was rendered as if the change was kept; it was not. Say so.
             logger.error("Session store unavailable while writing: %s", exc)
@@ -175,6 +190,14 @@ class FileSystemSessions(_SignInAwareSessions, CacheLibSessionInterface):
 
     def _upsert_session(self, session_lifetime, session, store_id):
         lifetime = total_seconds(self.lifetime_for(self.app, session))
+        if self._loaded_from_store(session):
+            # Written back only while its file is there (see save_session). A sign-out in the
+            # moment between this check and set()'s rename (well under a millisecond) is still
+            # undone: a file system has no "replace only if present", as Redis has (SET XX).
+            try:
+                os.stat(self.cache._get_filename(store_id))
+            except FileNotFoundError:
+                raise _SessionGone from None  # any other error is the store's: a 503
         # cachelib reports a failed write (disk full, directory gone) only by returning False.
         if not self.cache.set(store_id, dict(session), timeout=lifetime):
             raise OSError("the session directory refused a write")
@@ -203,6 +226,18 @@ class RedisSessions(_SignInAwareSessions, RedisSessionInterface):
         client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=30)
         super().__init__(app, client=client, **kwargs)
         self.app = app
+
+    def _upsert_session(self, session_lifetime, session, store_id):
+        # The TTL follows the session's state, not one lifetime for all.
+        lifetime = total_seconds(self.lifetime_for(self.app, session))
+        value = self.serializer.encode(session)
+        if self._loaded_from_store(session):
+            # Written back only while its key exists (see save_session). SET XX checks and
+            # writes in one step: no deletion can come in between.
+            if not self.client.set(store_id, value, ex=lifetime, xx=True):
+                raise _SessionGone
+        else:
+            self.client.set(store_id, value, ex=lifetime)
 
     def ping(self) -> None:
         self.client.ping()

@@ -19,13 +19,14 @@ import types
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import flask
 import pytest
 import redis
 
 import live
 import sessions
 from app import create_app
-from conftest import ME, AuthActions, fast_config
+from conftest import ME, AuthActions, fast_config, session_cookie
 from live import ROOT, AppServer, RedisServer, WebUser
 from local_entra import USERS
 from sessions import FileSystemSessions, RedisSessions
@@ -368,6 +369,110 @@ def _pings(client) -> bool:
         return bool(client.ping())
     except redis.RedisError:
         return False
+
+
+# A request in flight while another one deletes its session: it read the signed-in session
+# and changes it (a token refresh); meanwhile the browser's other tab signs out, or signs in
+# anew (regenerate() drops the old id). Its write comes last and must not re-create the key.
+
+REFRESHED = '{"refreshed": "by the request in flight"}'
+
+
+class RequestInFlight:
+    """open_session now, save_session in finish(): what Flask does around a view."""
+
+    def __init__(self, app, sid: str):
+        self.app, self.sid = app, sid
+        with self._context():
+            self.session = app.session_interface.open_session(app, flask.request)
+        assert self.session.sid == sid and sessions.SIGNED_IN_KEY in self.session
+        self.session["_token_cache"] = REFRESHED
+
+    def _context(self):
+        return self.app.test_request_context("/call_downstream_api", headers={"Cookie": f"session={self.sid}"})
+
+    def finish(self):
+        response = self.app.response_class("the page")
+        with self._context():
+            self.app.session_interface.save_session(self.app, self.session, response)
+            assert flask.g.get("session_store_error") is None  # not taken for a store failure
+        return response
+
+
+@pytest.fixture
+def redis_app(redis_server, tmp_path, fake_entra):
+    return create_app(fast_config(tmp_path, SESSION_TYPE="redis", REDIS_URL=redis_server.url,
+                                  SESSION_LIFETIME_SECONDS=LIFETIME))
+
+
+def signed_in_here(client) -> bool:
+    return "Signed in as" in client.get("/").get_data(as_text=True)
+
+
+@pytest.mark.redis
+def test_redis_a_request_in_flight_during_sign_out_does_not_bring_the_session_back(redis_app, redis_client,
+                                                                                   fake_entra):
+    client = redis_app.test_client()
+    auth = AuthActions(client, fake_entra)
+    auth.sign_in()
+    sid = client.get_cookie("session").value
+    in_flight = RequestInFlight(redis_app, sid)
+
+    assert auth.sign_out().status_code == 303
+    assert not redis_client.exists(PREFIX + sid)
+    late = in_flight.finish()
+
+    assert not redis_client.exists(PREFIX + sid)
+    assert session_cookie(late) is None  # no Set-Cookie bringing the old id back
+    assert not signed_in_here(client)
+    kept_the_old_cookie = redis_app.test_client()
+    kept_the_old_cookie.set_cookie("session", sid)
+    assert not signed_in_here(kept_the_old_cookie)
+
+
+@pytest.mark.redis
+def test_redis_a_request_in_flight_during_a_new_sign_in_does_not_bring_back_the_old_id(redis_app, redis_client,
+                                                                                      fake_entra):
+    client = redis_app.test_client()
+    auth = AuthActions(client, fake_entra)
+    auth.sign_in()
+    old_sid = client.get_cookie("session").value
+    in_flight = RequestInFlight(redis_app, old_sid)
+
+    fake_entra.user = {"oid": "00000000-0000-0000-0000-0000000000bb", "name": "Bob", "preferred_username": "bob@x"}
+    auth.sign_in()
+    new_sid = client.get_cookie("session").value
+    assert new_sid != old_sid and not redis_client.exists(PREFIX + old_sid)
+    late = in_flight.finish()
+
+    assert not redis_client.exists(PREFIX + old_sid)
+    assert session_cookie(late) is None  # not even a deletion: it would sign Bob out
+    # The new session was written as before, with the signed-in lifetime.
+    assert LIFETIME - 2 <= redis_client.ttl(PREFIX + new_sid) <= LIFETIME
+    assert "Signed in as <strong>Bob</strong>" in client.get("/").get_data(as_text=True)
+
+
+@pytest.mark.redis
+def test_redis_a_session_read_and_changed_is_written_back_with_the_ttl_of_its_state(redis_app, redis_client,
+                                                                                  fake_entra):
+    client = redis_app.test_client()
+    assert client.get("/login").status_code == 302
+    pending = client.get_cookie("session").value
+    redis_client.expire(PREFIX + pending, 100)  # so that the next write visibly sets the TTL anew
+    assert client.get("/login").status_code == 302  # read from Redis, changed, written back
+    assert client.get_cookie("session").value == pending
+    assert PENDING_LIFETIME - 2 <= redis_client.ttl(PREFIX + pending) <= PENDING_LIFETIME
+
+    AuthActions(client, fake_entra).sign_in()
+    sid = client.get_cookie("session").value
+    redis_client.expire(PREFIX + sid, 100)
+    late = RequestInFlight(redis_app, sid).finish()  # nothing deleted it meanwhile
+
+    assert session_cookie(late).startswith(f"session={sid};")
+    stored = redis_app.session_interface.serializer.decode(redis_client.get(PREFIX + sid))
+    assert stored["_token_cache"] == REFRESHED
+    assert LIFETIME - 2 <= redis_client.ttl(PREFIX + sid) <= LIFETIME
+    assert signed_in_here(client)
 
 
 def test_filesystem_is_the_default_session_store(tmp_path, fake_entra):

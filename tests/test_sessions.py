@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 import types
 
 import pytest
+import responses
 from cachelib.file import FileSystemCache
 
 import sessions
 from app import create_app
-from conftest import AuthActions, fast_config
+from conftest import ME, AuthActions, fast_config, session_cookie
 
 
 def test_healthz_reports_a_working_store(client):
@@ -114,3 +116,114 @@ def test_a_corrupt_session_file_means_signed_out_not_a_500(tmp_path, fake_entra,
     assert home.status_code == 200
     assert "Signed in as" not in home.get_data(as_text=True)
     assert client.get("/call_downstream_api").status_code == 302  # to sign in, nothing else
+
+
+# --- a request in flight while another one deletes its session -------------------------
+# A browser's other tab: its request read the signed-in session and refreshes a token (so
+# it writes the session) while this tab signs out, or signs in anew. Its write comes last.
+
+BOB = {"oid": "00000000-0000-0000-0000-0000000000bb", "name": "Bob", "preferred_username": "bob@x"}
+
+
+class OtherTab:
+    """GET `path` in a thread, held at the token endpoint's first refresh until finish()."""
+
+    def __init__(self, client, fake_entra, path="/call_downstream_api"):
+        self.held, self.release = threading.Event(), threading.Event()
+        answer = fake_entra._token
+
+        def token(request):
+            body = request.body if isinstance(request.body, bytes) else request.body.encode()
+            if b"grant_type=refresh_token" in body and not self.held.is_set():
+                self.held.set()
+                self.release.wait(timeout=30)
+            return answer(request)
+
+        fake_entra.rsps.remove(responses.POST, fake_entra.token_endpoint)
+        fake_entra.rsps.add_callback(responses.POST, fake_entra.token_endpoint, callback=token)
+        self.outcome: dict = {}
+        self.thread = threading.Thread(target=self._get, args=(client, path))
+        self.thread.start()
+        assert self.held.wait(timeout=30), "the other tab's request did not refresh a token"
+
+    def _get(self, client, path):
+        try:
+            self.outcome["response"] = client.get(path)
+        except BaseException as exc:  # handed to the test's thread, raised by finish()
+            self.outcome["error"] = exc
+
+    def finish(self):
+        self.release.set()
+        self.thread.join(timeout=30)
+        assert not self.thread.is_alive()
+        if "error" in self.outcome:
+            raise self.outcome["error"]
+        return self.outcome["response"]
+
+
+def session_file(app, sid: str) -> str:
+    interface = app.session_interface
+    return interface.cache._get_filename(interface._get_store_id(sid))
+
+
+def signed_in(client) -> bool:
+    return "Signed in as" in client.get("/").get_data(as_text=True)
+
+
+def test_a_request_in_flight_during_sign_out_does_not_sign_the_browser_back_in(app, client, auth, fake_entra):
+    fake_entra.access_token_lifetime = 60  # under MSAL's 5-minute margin: each API call refreshes
+    auth.sign_in()
+    old_sid = client.get_cookie("session").value
+    other_tab = OtherTab(client, fake_entra)  # one browser: both tabs share the cookie jar
+
+    assert auth.sign_out().status_code == 303
+    assert not os.path.exists(session_file(app, old_sid))
+    late = other_tab.finish()
+
+    assert late.status_code == 200 and ME["jobTitle"] in late.get_data(as_text=True)
+    assert session_cookie(late) is None  # no Set-Cookie bringing the old id back
+    assert not os.path.exists(session_file(app, old_sid))
+    assert client.get_cookie("session") is None and not signed_in(client)
+    kept_the_old_cookie = app.test_client()
+    kept_the_old_cookie.set_cookie("session", old_sid)
+    assert not signed_in(kept_the_old_cookie)
+
+
+def test_a_request_in_flight_during_a_new_sign_in_does_not_bring_back_the_old_session(app, client, auth,
+                                                                                      fake_entra):
+    fake_entra.access_token_lifetime = 60
+    auth.sign_in()
+    old_sid = client.get_cookie("session").value
+    other_tab = OtherTab(client, fake_entra)
+
+    fake_entra.user = BOB  # someone else signs in in this browser: regenerate() drops the old id
+    auth.sign_in()
+    new_sid = client.get_cookie("session").value
+    assert new_sid != old_sid and not os.path.exists(session_file(app, old_sid))
+    late = other_tab.finish()
+
+    assert late.status_code == 200
+    # No Set-Cookie at all: one that deleted the cookie would sign Bob out again.
+    assert session_cookie(late) is None
+    assert not os.path.exists(session_file(app, old_sid))
+    assert client.get_cookie("session").value == new_sid
+    assert "Signed in as <strong>Bob</strong>" in client.get("/").get_data(as_text=True)
+    with client.session_transaction() as session:
+        assert ME["userPrincipalName"] not in session["_token_cache"]
+    kept_the_old_cookie = app.test_client()
+    kept_the_old_cookie.set_cookie("session", old_sid)
+    assert not signed_in(kept_the_old_cookie)
+
+
+def test_a_token_refresh_of_a_session_still_stored_is_written_back(app, client, auth, fake_entra):
+    fake_entra.access_token_lifetime = 60
+    auth.sign_in()
+    sid = client.get_cookie("session").value
+    for _ in range(2):
+        response = client.get("/call_downstream_api")
+        assert response.status_code == 200
+        assert session_cookie(response) is not None  # the refreshed tokens were stored
+    refreshes = [r for r in fake_entra.token_requests if r["grant_type"] == "refresh_token"]
+    # The second refresh used the refresh token that the first one stored.
+    assert refreshes[1]["refresh_token"] == fake_entra.issued_refresh_tokens[-2]
+    assert client.get_cookie("session").value == sid and os.path.exists(session_file(app, sid))
