@@ -41,8 +41,8 @@ from flask_wtf.csrf import CSRFError, CSRFProtect, generate_csrf
 from markupsafe import escape
 from msal.exceptions import MsalServiceError
 from werkzeug.exceptions import HTTPException, InternalServerError
-from werkzeug.http import parse_cookie
 from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.sansio.http import parse_cookie
 from werkzeug.utils import cached_property
 
 import app_config
@@ -90,7 +90,8 @@ class Request(flask.Request):
     def cookies(self):
         # Performance (make bench): werkzeug finds the Cookie header by turning every key of
         # the WSGI environ into a header name (~0.01 ms on every page view). A WSGI server
-        # hands the header over as the one HTTP_COOKIE entry; parsed the same way.
+        # hands the header over as the one HTTP_COOKIE entry, parsed here exactly as werkzeug
+        # parses it (the sans-I/O parser: bytes that are not UTF-8 stay as they came).
         return parse_cookie(self.environ.get("HTTP_COOKIE"), cls=self.dict_storage_class)
 
 

@@ -6,6 +6,7 @@ import io
 import logging
 
 import pytest
+from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from app import create_app
 from conftest import ME, fast_config, session_cookie
@@ -250,3 +251,15 @@ def test_a_log_call_whose_arguments_do_not_fit_is_still_redacted():
     assert _RedactSecrets().filter(record)
     line = logging.Formatter().format(record)  # does not raise any more
     assert jwt not in line and "[redacted-jwt]" in line
+
+
+@pytest.mark.parametrize("cookie", ["session=\xff\xfe", "session=\xc3(; other=\xff", "session=\"\\377\"",
+                                    "session=" + "a" * 5000, "=; ;;session", "session=a; session=b"])
+def test_a_malformed_cookie_header_is_a_signed_out_visitor_not_an_error(app, cookie, caplog):
+    environ = EnvironBuilder(path="/").get_environ()
+    environ["HTTP_COOKIE"] = cookie  # as a WSGI server hands over raw bytes: decoded as latin-1
+    with caplog.at_level(logging.WARNING):
+        body, status, _headers = run_wsgi_app(app, environ, buffered=True)
+    assert status.startswith("200")
+    assert "Signed in as" not in b"".join(body).decode()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
