@@ -505,7 +505,8 @@ def _register_hooks(app: Flask, csrf: CSRFProtect) -> None:
 
     @app.before_request
     def guard_request():
-        if request.endpoint in (None, "static", "healthz"):
+        req = request._get_current_object()  # one context look-up, not one per use
+        if req.endpoint in (None, "static", "healthz"):
             return None  # None: no such route, so the 404/405 page follows
         if problems:
             return render_template("config_error.html", problems=problems), 503
@@ -513,11 +514,13 @@ def _register_hooks(app: Flask, csrf: CSRFProtect) -> None:
             return _sessions_unavailable_page()
         # The CSRF check, here rather than in Flask-WTF's own hook (WTF_CSRF_CHECK_DEFAULT is
         # off): after the 503s above, and only for the methods that can change state.
-        if request.method in csrf_methods and not _signing_out_a_browser_not_signed_in():
+        if req.method in csrf_methods and not _signing_out_a_browser_not_signed_in():
             csrf.protect()
         return None
 
-    security_headers_list = list(SECURITY_HEADERS.items())
+    # Pages are never stored by caches; static files keep the caching Flask gives them.
+    page_headers = [*SECURITY_HEADERS.items(), ("Cache-Control", "no-store")]
+    static_headers = list(SECURITY_HEADERS.items())
     hsts = ("Strict-Transport-Security", "max-age=31536000")
 
     @app.after_request
@@ -525,11 +528,10 @@ def _register_hooks(app: Flask, csrf: CSRFProtect) -> None:
         # No view or handler sets these headers, so they are appended in one go: werkzeug's
         # setdefault scans the headers and raises a KeyError for every absent name, which
         # cost about 4 % of a page view for six headers (make bench).
-        response.headers.extend(security_headers_list)
-        if request.is_secure:
+        req = request._get_current_object()  # one context look-up, not one per use
+        response.headers.extend(static_headers if req.endpoint == "static" else page_headers)
+        if req.is_secure:
             response.headers.add(*hsts)
-        if request.endpoint != "static":
-            response.headers["Cache-Control"] = "no-store"  # replaces whatever was there
         return response
 
 
