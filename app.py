@@ -197,7 +197,9 @@ def _register_routes(app: Flask, auth: EntraAuth, api: DownstreamApi) -> None:
             # identity reads an empty answer as the device-code flow, which this app never starts.
             return _sign_in_failed_page("The identity provider's answer is missing.")
         next_link = auth.pending_next_link()
-        answers_the_pending_sign_in = bool(answer.get("code")) and answer.get("state") == auth.pending_state()
+        pending_state = auth.pending_state()
+        answers_the_pending_sign_in = (
+            pending_state is not None and bool(answer.get("code")) and answer.get("state") == pending_state)
         try:
             with auth.replacing_the_session(answer):
                 result = auth.complete_log_in(answer)
@@ -243,8 +245,12 @@ def _register_routes(app: Flask, auth: EntraAuth, api: DownstreamApi) -> None:
     def logout():
         home = url_for("index", _external=True)
         post_logout = quote(home, safe="")  # identity does not encode it
+        signed_in_here = SIGNED_IN_KEY in session
         end_session_url = auth.log_out(post_logout)
-        session.clear()  # deletes the server-side session and the cookie
+        if signed_in_here:
+            session.clear()  # deletes the server-side session and the cookie
+        # Otherwise the browser's cookie is left alone: a post from another site arrives
+        # without it (SameSite=Lax), and clearing would send a deletion for the real one.
         if end_session_url == post_logout:  # identity's fallback: no end-session endpoint
             if auth.end_session_endpoint_missing():  # the provider offers none: nothing more to do
                 return redirect(url_for("index"), code=303)
@@ -536,11 +542,14 @@ def _register_hooks(app: Flask, csrf: CSRFProtect) -> None:
 
 
 def _signing_out_a_browser_not_signed_in() -> bool:
-    """Sign-out needs no CSRF token when nobody is signed in here: there is nothing local to
-    protect, and the rest is a redirect to Entra ID's sign-out, which any site can already
-    send a browser to. A second tab's Sign out, or one after the session expired, then ends
-    the Entra ID session too instead of answering "this form has expired"."""
-    return request.endpoint == "logout" and SIGNED_IN_KEY not in session
+    """Sign-out needs no CSRF token when nobody is signed in here: nothing local changes
+    (logout() leaves the cookie alone then), and the rest is a redirect to Entra ID's
+    sign-out, which any site can already send a browser to. A second tab's Sign out, or one
+    after the session expired, then ends the Entra ID session too instead of answering
+    "this form has expired". A browser that says the post comes from another site
+    (Sec-Fetch-Site) gets the CSRF check all the same."""
+    return (request.endpoint == "logout" and SIGNED_IN_KEY not in session
+            and request.headers.get("Sec-Fetch-Site", "same-origin") == "same-origin")
 
 
 def _csrf_token_signed_once(app: Flask):

@@ -149,13 +149,17 @@ class _RecentlyReadFileSystemCache(FileSystemCache):
             self._remembered.pop(key, None)
             return None
         content = hit[2]
-        if len(content) < 4:  # not a file cachelib wrote
+        if len(content) <= 4:  # no value (cachelib writes only the header when pickling fails)
             return None
         # cachelib's file format: a 4-byte expiry time (0: never), then the pickled value.
         expires = struct.unpack_from("I", content)[0]
         if expires != 0 and expires < time.time():
             return None
-        return self.serializer.loads(content[4:])
+        try:
+            return self.serializer.loads(content[4:])
+        except Exception:  # noqa: BLE001 (a damaged file: as cachelib does, no session rather than an error)
+            logger.warning("Unreadable session file %s: treated as no session", filename)
+            return None
 
     def set(self, key: str, value, timeout=None, mgmt_element: bool = False) -> bool:
         filename = self._get_filename(key)

@@ -163,6 +163,26 @@ def test_sign_in_see_profile_and_sign_out(page, live_app, stand_in, axe):
     expect(page.get_by_role("heading", name="Pick an account")).to_be_visible()
 
 
+def test_a_form_on_another_site_cannot_sign_the_user_out(page, live_app):
+    open_picker(page)
+    page.get_by_role("button", name=re.compile(re.escape(PRIYA["displayName"]))).click()
+    page.wait_for_url(f"{live_app.url}/")
+    expect(header(page)).to_contain_text(f"Signed in as {PRIYA['displayName']}")
+
+    # A page on another site that posts to /logout as soon as it loads (served by the
+    # browser's request interception: no server, no name resolution).
+    attack = (f'<!doctype html><form id="f" method="post" action="{live_app.url}/logout"></form>'
+              '<script>document.getElementById("f").submit()</script>')
+    page.route("http://attacker.test/**", lambda route: route.fulfill(body=attack, content_type="text/html"))
+    with page.expect_response(f"{live_app.url}/logout") as posted:
+        page.goto("http://attacker.test/")
+    assert posted.value.status in (303, 400)
+    assert not [c for c in posted.value.headers_array() if c["name"].lower() == "set-cookie"]
+
+    page.goto(f"{live_app.url}/")
+    expect(header(page)).to_contain_text(f"Signed in as {PRIYA['displayName']}")
+
+
 @pytest.fixture(scope="module")
 def https_app(stand_in, tmp_path_factory):
     """The app served over https by gunicorn itself, as behind nothing but TLS."""

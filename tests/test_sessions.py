@@ -101,7 +101,8 @@ def test_each_request_gets_its_own_copy_of_a_remembered_session(tmp_path):
     assert cache.get("session:one") == {"claims": {"name": "A"}}
 
 
-@pytest.mark.parametrize("content", [b"", b"\x00\x00", b"\x00\x00\x00\x00not a pickle", b"\xff" * 64])
+@pytest.mark.parametrize("content", [b"", b"\x00\x00", b"\x00" * 4, b"\x00\x00\x00\x00not a pickle", b"\xff" * 64,
+                                     b"\x00\x00\x00\x00\x80\x05\x95\x10", b"\x00\x00\x00\x00\x80\x05}q\x00(X"])
 def test_a_corrupt_session_file_means_signed_out_not_a_500(tmp_path, fake_entra, content):
     app = create_app(fast_config(tmp_path))
     client = app.test_client()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -117,6 +118,18 @@ def test_replayed_callback_does_not_sign_in_again(client, auth):
     assert "Signed in as" not in client.get("/").get_data(as_text=True)
 
 
+@pytest.mark.parametrize("signed_in", [False, True])
+def test_a_code_without_any_sign_in_in_progress_is_a_400_not_an_outage(client, auth, caplog, signed_in):
+    if signed_in:
+        auth.sign_in()
+    with caplog.at_level(logging.WARNING):
+        response = client.get("/getAToken", query_string={"code": "abc"})
+    assert response.status_code == 400
+    assert not [r for r in caplog.records if "not JSON" in r.getMessage()]
+    if signed_in:
+        assert "already signed in" in response.get_data(as_text=True)
+
+
 def test_back_to_the_callback_while_signed_in_says_so_and_changes_nothing(client, auth):
     params = auth.start()
     assert auth.callback(code="c", state=params["state"]).status_code == 302
@@ -188,7 +201,19 @@ def test_sign_out_without_any_session_goes_to_entra_and_stores_nothing(app, clie
     response = client.post("/logout")
     assert response.status_code == 303
     assert response.headers["Location"].startswith(FakeEntra.end_session_endpoint)
-    assert session_cookie(response) is None or "Expires=Thu, 01 Jan 1970" in session_cookie(response)
+    assert session_cookie(response) is None
+
+
+def test_a_post_from_another_site_cannot_sign_the_browser_out_of_the_app(app, client, auth):
+    auth.sign_in()
+    # SameSite=Lax: a form another site submits arrives without the session cookie.
+    forged = app.test_client().post("/logout")
+    assert session_cookie(forged) is None  # no deletion that would hit the real cookie
+    assert "Signed in as" in client.get("/").get_data(as_text=True)
+
+    # A browser that says where the post came from gets the CSRF check regardless.
+    flagged = app.test_client().post("/logout", headers={"Sec-Fetch-Site": "cross-site"})
+    assert flagged.status_code == 400 and session_cookie(flagged) is None
 
 
 def test_logout_deletes_the_server_side_session(app, client, auth):
