@@ -247,6 +247,16 @@ class EntraAuth(identity.web.Auth):
         resolve = getattr(self._session, "_get_current_object", None)
         return resolve() if resolve is not None else self._session
 
+    def log_out(self, post_logout_redirect_uri: str) -> str:
+        """identity's call; the signed-out session's remembered token answer goes too, so
+        that its token cache (refresh token included) does not outlive the sign-out here."""
+        serialized = self._current_session().get(self._TOKEN_CACHE)
+        if serialized:
+            with self._token_memo_lock:
+                for key in [k for k, hit in self._token_memo.items() if hit[3] == serialized]:
+                    del self._token_memo[key]
+        return super().log_out(post_logout_redirect_uri)
+
     def complete_log_in(self, auth_response=None):
         """identity's call; an answer from the identity provider that is not OAuth-shaped
         (a token response that is not an object, one without an id token) is an outage of

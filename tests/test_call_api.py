@@ -244,3 +244,12 @@ def test_remembered_token_is_never_handed_to_another_session_even_on_a_hash_coll
     for browser, token in ((client, first_token), (other, second_token), (client, first_token)):
         assert browser.get("/call_downstream_api").status_code == 200
         assert fake_entra.graph_calls()[-1].request.headers["Authorization"] == f"Bearer {token}"
+
+
+def test_sign_out_forgets_the_remembered_token_answer(app, client, auth):
+    auth.sign_in()
+    assert client.get("/call_downstream_api").status_code == 200
+    memo = app.extensions["auth"]._token_memo
+    assert len(memo) == 1
+    auth.sign_out()
+    assert len(memo) == 0
