@@ -123,9 +123,10 @@ class _RecentlyReadFileSystemCache(FileSystemCache):
     at a token refresh and at sign-out. Here a read first asks the file system whether the
     file is still the one read last time (inode, modification time in ns, size: one stat
     call) and reuses its bytes if so. Every write here stamps the file with a
-    nanosecond-precise modification time, so that a file replaced by another worker or
-    another instance on a shared volume never looks like the one before it. The value is
-    still unpickled on every read: each request gets its own objects.
+    nanosecond-precise modification time, so that a file replaced by another worker never
+    looks like the one before it. (A network file system may answer stat from a cache for a
+    few seconds: the file store is for one machine; several use Redis.) The value is still
+    unpickled on every read: each request gets its own objects.
     """
 
     max_remembered = 1024  # files per process (~6 KB each for a signed-in user)
