@@ -18,11 +18,14 @@ What Flask-Session's stock interfaces lack, added here and nothing else:
 from __future__ import annotations
 
 import logging
+import mmap
 import os
+import random
 import struct
 import threading
 import time
 from datetime import timedelta
+from typing import NamedTuple
 
 import redis
 from cachelib.file import FileSystemCache
@@ -115,41 +118,81 @@ class _SignInAwareSessions:
         raise NotImplementedError
 
 
+class _Remembered(NamedTuple):
+    filename: str
+    slot: int  # its place in the table of write stamps
+    stamp: int | None  # the slot's stamp when the bytes were read (None: no table)
+    version: tuple[int, int, int]  # inode, mtime in ns, size
+    content: bytes
+    trusted_until: float  # monotonic time of the next stat
+
+
 class _RecentlyReadFileSystemCache(FileSystemCache):
     """cachelib's file cache that keeps the bytes of recently read files in memory.
 
-    Performance (make bench): opening and reading a session file on every page view cost
-    ~0.03 ms of CPU (about 4 % of a page view), for a file that changes only at sign-in,
-    at a token refresh and at sign-out. Here a read first asks the file system whether the
-    file is still the one read last time (inode, modification time in ns, size: one stat
-    call) and reuses its bytes if so. Every write here stamps the file with a
-    nanosecond-precise modification time, so that a file replaced by another worker never
-    looks like the one before it. (A network file system may answer stat from a cache for a
-    few seconds: the file store is for one machine; several use Redis.) The value is still
-    unpickled on every read: each request gets its own objects.
+    Performance (make bench): reading a session file on every page view cost ~0.03 ms of
+    CPU (about 4 % of a page view), for a file that changes only at sign-in, at a token
+    refresh and at sign-out. Its bytes are remembered and reused while nothing wrote it:
+
+    * Every write and delete here puts a random stamp in the file's slot of a small table
+      that every worker maps into memory (`write-stamps`, in the session directory). A read
+      whose slot still holds the stamp seen when the bytes were read needs no system call:
+      even a stat costs a gthread worker ~0.03 ms per page view (it lets another thread take
+      the GIL, then waits to get it back). Stamps go in after the file changed and are read
+      before it is read, so a remembered copy is never older than the last stamp.
+    * At least once a second a remembered file is checked with a stat (inode, modification
+      time in ns, size), so a file changed behind the cache's back (deleted by hand) is
+      noticed too; and without the table (a file system that cannot map it) on every read.
+      Every write stamps the file with a nanosecond modification time for that check, so
+      that a replaced file never looks like the one before it. (A network file system may
+      answer stat from a cache: the file store is for one machine; several use Redis.)
+
+    The value is still unpickled on every read: each request gets its own objects.
     """
 
     max_remembered = 1024  # files per process (~6 KB each for a signed-in user)
+    stamp_slots = 4096  # sessions sharing a slot only cost each other a re-read
+    recheck_seconds = 1.0
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        # key -> (file name, (inode, mtime in ns, size), the file's bytes)
-        self._remembered: dict[str, tuple[str, tuple[int, int, int], bytes]] = {}
+        self._remembered: dict[str, _Remembered] = {}
+        self._stamps = self._map_stamps()
+
+    def _map_stamps(self) -> mmap.mmap | None:
+        # The transaction suffix keeps cachelib's sweeps and clear() away from the file.
+        path = os.path.join(self._path, f"write-stamps{self._fs_transaction_suffix}")
+        size = self.stamp_slots * 8
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, self._mode or 0o600)
+            try:
+                if os.fstat(fd).st_size < size:
+                    os.ftruncate(fd, size)  # zeros; any worker may do it first
+                return mmap.mmap(fd, size)
+            finally:
+                os.close(fd)
+        except (OSError, ValueError) as exc:
+            logger.warning("Session read cache without write stamps (%s): a stat on every read", exc)
+            return None
+
+    def _slot(self, filename: str) -> int:
+        return int(filename[-8:], 16) % self.stamp_slots  # the file name is a hex digest
+
+    def _stamp(self, slot: int) -> int | None:
+        return None if self._stamps is None else struct.unpack_from("Q", self._stamps, slot * 8)[0]
+
+    def _mark_written(self, filename: str) -> None:
+        if self._stamps is not None:
+            struct.pack_into("Q", self._stamps, self._slot(filename) * 8, random.getrandbits(64))
 
     def get(self, key: str):
         hit = self._remembered.get(key)
-        filename = self._get_filename(key) if hit is None else hit[0]
-        try:
-            stat = os.stat(filename)
-            if hit is None or hit[1] != (stat.st_ino, stat.st_mtime_ns, stat.st_size):
-                with open(filename, "rb") as file:
-                    stat = os.fstat(file.fileno())  # the version of exactly these bytes
-                    hit = (filename, (stat.st_ino, stat.st_mtime_ns, stat.st_size), file.read())
-                self._remember(key, hit)
-        except FileNotFoundError:
-            self._remembered.pop(key, None)
-            return None
-        content = hit[2]
+        if (hit is None or hit.stamp is None or time.monotonic() >= hit.trusted_until
+                or self._stamp(hit.slot) != hit.stamp):
+            hit = self._read(key, hit)
+            if hit is None:
+                return None
+        content = hit.content
         if len(content) <= 4:  # no value (cachelib writes only the header when pickling fails)
             return None
         # cachelib's file format: a 4-byte expiry time (0: never), then the pickled value.
@@ -159,29 +202,52 @@ class _RecentlyReadFileSystemCache(FileSystemCache):
         try:
             return self.serializer.loads(content[4:])
         except Exception:  # noqa: BLE001 (a damaged file: as cachelib does, no session rather than an error)
-            logger.warning("Unreadable session file %s: treated as no session", filename)
+            logger.warning("Unreadable session file %s: treated as no session", hit.filename)
             return None
+
+    def _read(self, key: str, hit: _Remembered | None) -> _Remembered | None:
+        """The file's bytes, from memory if a stat says they are still the file's."""
+        filename = self._get_filename(key) if hit is None else hit.filename
+        slot = self._slot(filename) if hit is None else hit.slot
+        stamp = self._stamp(slot)  # before the file: a write in between only causes a re-read
+        try:
+            stat = os.stat(filename)
+            if hit is not None and hit.version == (stat.st_ino, stat.st_mtime_ns, stat.st_size):
+                content = hit.content
+            else:
+                with open(filename, "rb") as file:
+                    stat = os.fstat(file.fileno())  # the version of exactly these bytes
+                    content = file.read()
+        except FileNotFoundError:
+            self._remembered.pop(key, None)
+            return None
+        hit = _Remembered(filename, slot, stamp, (stat.st_ino, stat.st_mtime_ns, stat.st_size), content,
+                          time.monotonic() + self.recheck_seconds)
+        if len(self._remembered) >= self.max_remembered:
+            self._remembered.clear()  # rarely: a worker serving over a thousand users
+        self._remembered[key] = hit
+        return hit
 
     def set(self, key: str, value, timeout=None, mgmt_element: bool = False) -> bool:
         filename = self._get_filename(key)
         self._remembered.pop(key, None)
-        if not super().set(key, value, timeout=timeout, mgmt_element=mgmt_element):
-            return False
-        now = time.time_ns()
         try:
+            if not super().set(key, value, timeout=timeout, mgmt_element=mgmt_element):
+                return False
+            now = time.time_ns()
             os.utime(filename, ns=(now, now))
         except OSError:
             return False
+        finally:
+            self._mark_written(filename)
         return True
 
     def delete(self, key: str, mgmt_element: bool = False) -> bool:
         self._remembered.pop(key, None)
-        return super().delete(key, mgmt_element=mgmt_element)
-
-    def _remember(self, key: str, hit) -> None:
-        if len(self._remembered) >= self.max_remembered:
-            self._remembered.clear()  # rarely: a worker serving over a thousand users
-        self._remembered[key] = hit
+        try:
+            return super().delete(key, mgmt_element=mgmt_element)
+        finally:
+            self._mark_written(self._get_filename(key))
 
 
 class FileSystemSessions(_SignInAwareSessions, CacheLibSessionInterface):

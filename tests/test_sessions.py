@@ -64,10 +64,12 @@ def test_a_sign_out_on_one_worker_is_seen_at_once_by_a_worker_that_read_the_sess
     assert "Signed in as" not in home and "Sign in" in home
 
 
-def test_every_rewrite_of_a_session_file_is_read_even_with_the_same_size_at_once(tmp_path, monkeypatch):
+@pytest.mark.parametrize("stamps", ["write stamps", "stat only"])
+def test_every_rewrite_of_a_session_file_is_read_even_with_the_same_size_at_once(tmp_path, monkeypatch, stamps):
     # Same length every time, written back to back: inode numbers get reused (the file is
     # replaced by a new one each time), and a file system with coarse timestamps (some
     # kernels: a few ms) gives them all the same modification time, as simulated here.
+    # "stat only": as on a file system where the table of write stamps cannot be mapped.
     write = FileSystemCache.set
 
     def write_with_a_coarse_clock(self, key, *args, **kwargs):
@@ -78,6 +80,8 @@ def test_every_rewrite_of_a_session_file_is_read_even_with_the_same_size_at_once
     monkeypatch.setattr(FileSystemCache, "set", write_with_a_coarse_clock)
     writer = sessions._RecentlyReadFileSystemCache(str(tmp_path), threshold=0)
     reader = sessions._RecentlyReadFileSystemCache(str(tmp_path), threshold=0)
+    if stamps == "stat only":
+        writer._stamps = reader._stamps = None
     for version in range(0, 300, 2):  # the reader misses every other version
         assert writer.set("session:one", {"token_cache": f"{version:06d}"}, timeout=3600)
         value = {"token_cache": f"{version + 1:06d}"}
@@ -90,7 +94,8 @@ def test_a_remembered_session_still_expires(tmp_path, monkeypatch):
     assert cache.set("session:one", {"a": 1}, timeout=60)
     assert cache.get("session:one") == {"a": 1}
     later = time.time() + 61
-    monkeypatch.setattr(sessions, "time", types.SimpleNamespace(time=lambda: later, time_ns=time.time_ns))
+    monkeypatch.setattr(sessions, "time", types.SimpleNamespace(time=lambda: later, time_ns=time.time_ns,
+                                                                monotonic=time.monotonic))
     assert cache.get("session:one") is None
 
 
@@ -99,6 +104,46 @@ def test_each_request_gets_its_own_copy_of_a_remembered_session(tmp_path):
     assert cache.set("session:one", {"claims": {"name": "A"}}, timeout=60)
     cache.get("session:one")["claims"]["name"] = "changed in one request only"
     assert cache.get("session:one") == {"claims": {"name": "A"}}
+
+
+def test_reading_a_remembered_session_makes_no_system_call(tmp_path, monkeypatch):
+    cache = sessions._RecentlyReadFileSystemCache(str(tmp_path), threshold=0)
+    assert cache.set("session:one", {"a": 1}, timeout=60)
+    assert cache.get("session:one") == {"a": 1}
+    calls = []
+    for name in ("stat", "open", "fstat"):
+        real = getattr(os, name)
+        monkeypatch.setattr(os, name, lambda *a, _real=real, _name=name, **k: (calls.append(_name), _real(*a, **k))[1])
+    for _ in range(100):
+        assert cache.get("session:one") == {"a": 1}
+    assert calls == []
+
+
+def test_a_change_by_another_worker_is_seen_at_once_and_one_by_hand_within_a_second(tmp_path):
+    worker = sessions._RecentlyReadFileSystemCache(str(tmp_path), threshold=0)
+    other = sessions._RecentlyReadFileSystemCache(str(tmp_path), threshold=0)
+    assert other.set("session:one", {"v": 1}, timeout=60)
+    assert worker.get("session:one") == {"v": 1}
+    assert other.set("session:one", {"v": 2}, timeout=60)
+    assert worker.get("session:one") == {"v": 2}
+    other.delete("session:one")
+    assert worker.get("session:one") is None
+
+    assert other.set("session:two", {"v": 1}, timeout=60)
+    assert worker.get("session:two") == {"v": 1}
+    os.remove(worker._get_filename("session:two"))  # behind the cache's back: no write stamp
+    time.sleep(worker.recheck_seconds + 0.05)
+    assert worker.get("session:two") is None
+
+
+def test_sweeps_and_clear_leave_the_table_of_write_stamps_alone(tmp_path):
+    cache = sessions._RecentlyReadFileSystemCache(str(tmp_path), threshold=0)
+    stamps = [p for p in tmp_path.iterdir() if p.name.startswith("write-stamps")]
+    assert len(stamps) == 1
+    assert cache.set("session:one", {"a": 1}, timeout=1)
+    cache._remove_expired(time.time() + 3600)
+    cache.clear()
+    assert stamps[0].exists() and not cache.has("session:one")
 
 
 @pytest.mark.parametrize("content", [b"", b"\x00\x00", b"\x00" * 4, b"\x00\x00\x00\x00not a pickle", b"\xff" * 64,
@@ -112,6 +157,8 @@ def test_a_corrupt_session_file_means_signed_out_not_a_500(tmp_path, fake_entra,
     assert "Signed in as" in client.get("/").get_data(as_text=True)
     with open(path, "wb") as file:
         file.write(content)
+    # Damaged by hand, not through the cache: noticed at the next stat (at most a second on).
+    interface.cache._remembered.clear()
 
     home = client.get("/")
     assert home.status_code == 200
