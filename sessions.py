@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import mmap
 import os
-import random
+import secrets
 import struct
 import threading
 import time
@@ -121,10 +121,9 @@ class _SignInAwareSessions:
 class _Remembered(NamedTuple):
     filename: str
     slot: int  # its place in the table of write stamps
-    stamp: int | None  # the slot's stamp when the bytes were read (None: no table)
-    version: tuple[int, int, int]  # inode, mtime in ns, size
+    stamp: int  # the slot's stamp when the bytes were read
     content: bytes
-    trusted_until: float  # monotonic time of the next stat
+    trusted_until: float  # monotonic time after which the file is read again anyway
 
 
 class _RecentlyReadFileSystemCache(FileSystemCache):
@@ -135,60 +134,63 @@ class _RecentlyReadFileSystemCache(FileSystemCache):
     refresh and at sign-out. Its bytes are remembered and reused while nothing wrote it:
 
     * Every write and delete here puts a random stamp in the file's slot of a small table
-      that every worker maps into memory (`write-stamps`, in the session directory). A read
-      whose slot still holds the stamp seen when the bytes were read needs no system call:
-      even a stat costs a gthread worker ~0.03 ms per page view (it lets another thread take
-      the GIL, then waits to get it back). Stamps go in after the file changed and are read
-      before it is read, so a remembered copy is never older than the last stamp.
-    * At least once a second a remembered file is checked with a stat (inode, modification
-      time in ns, size), so a file changed behind the cache's back (deleted by hand) is
-      noticed too; and without the table (a file system that cannot map it) on every read.
-      Every write stamps the file with a nanosecond modification time for that check, so
-      that a replaced file never looks like the one before it. (A network file system may
-      answer stat from a cache: the file store is for one machine; several use Redis.)
+      that every worker maps into memory (`write-stamps-<slots>`, in the session
+      directory). A read whose slot still holds the stamp seen when the bytes were read
+      needs no system call: even a stat costs a gthread worker ~0.03 ms per page view (it
+      lets another thread take the GIL, then waits to get it back). Stamps go in after the
+      file changed and are read before it is read, so a remembered copy is never older
+      than the last stamp; a changed stamp always means reading the file again.
+    * A remembered file is read again at least once a second anyway, so a change that
+      left no stamp (a file edited or deleted by hand, a worker whose table is another
+      file) is seen within that second.
+    * Without the table (a file system that cannot map it) nothing is remembered: every
+      read reads the file, as cachelib does.
 
-    The value is still unpickled on every read: each request gets its own objects.
+    The value is still unpickled on every read: each request gets its own objects. The
+    table is allocated on disk up front: writing into a sparse file's hole on a full disk
+    would kill the process (SIGBUS) rather than fail.
     """
 
     max_remembered = 1024  # files per process (~6 KB each for a signed-in user)
     stamp_slots = 4096  # sessions sharing a slot only cost each other a re-read
-    recheck_seconds = 1.0
+    reread_seconds = 1.0
 
     def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+        # Before cachelib's __init__, which may already write (its file counter).
         self._remembered: dict[str, _Remembered] = {}
+        self._stamps: mmap.mmap | None = None
+        super().__init__(*args, **kwargs)
         self._stamps = self._map_stamps()
 
     def _map_stamps(self) -> mmap.mmap | None:
-        # The transaction suffix keeps cachelib's sweeps and clear() away from the file.
-        path = os.path.join(self._path, f"write-stamps{self._fs_transaction_suffix}")
+        # The transaction suffix keeps cachelib's sweeps and clear() away from the file;
+        # the slot count in the name keeps workers of another version off this table.
+        path = os.path.join(self._path, f"write-stamps-{self.stamp_slots}{self._fs_transaction_suffix}")
         size = self.stamp_slots * 8
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, self._mode or 0o600)
             try:
-                if os.fstat(fd).st_size < size:
-                    os.ftruncate(fd, size)  # zeros; any worker may do it first
+                os.posix_fallocate(fd, 0, size)  # real blocks, not a hole (see the docstring)
                 return mmap.mmap(fd, size)
             finally:
                 os.close(fd)
         except (OSError, ValueError) as exc:
-            logger.warning("Session read cache without write stamps (%s): a stat on every read", exc)
+            logger.warning("Session files are read on every request: no table of write stamps (%s)", exc)
             return None
 
     def _slot(self, filename: str) -> int:
         return int(filename[-8:], 16) % self.stamp_slots  # the file name is a hex digest
 
-    def _stamp(self, slot: int) -> int | None:
-        return None if self._stamps is None else struct.unpack_from("Q", self._stamps, slot * 8)[0]
+    def _stamp(self, slot: int) -> int:
+        return struct.unpack_from("Q", self._stamps, slot * 8)[0]
 
     def _mark_written(self, filename: str) -> None:
         if self._stamps is not None:
-            struct.pack_into("Q", self._stamps, self._slot(filename) * 8, random.getrandbits(64))
+            struct.pack_into("Q", self._stamps, self._slot(filename) * 8, secrets.randbits(64))
 
     def get(self, key: str):
         hit = self._remembered.get(key)
-        if (hit is None or hit.stamp is None or time.monotonic() >= hit.trusted_until
-                or self._stamp(hit.slot) != hit.stamp):
+        if hit is None or time.monotonic() >= hit.trusted_until or self._stamp(hit.slot) != hit.stamp:
             hit = self._read(key, hit)
             if hit is None:
                 return None
@@ -206,41 +208,29 @@ class _RecentlyReadFileSystemCache(FileSystemCache):
             return None
 
     def _read(self, key: str, hit: _Remembered | None) -> _Remembered | None:
-        """The file's bytes, from memory if a stat says they are still the file's."""
         filename = self._get_filename(key) if hit is None else hit.filename
         slot = self._slot(filename) if hit is None else hit.slot
-        stamp = self._stamp(slot)  # before the file: a write in between only causes a re-read
+        stamp = self._stamp(slot) if self._stamps is not None else 0  # before the file, see above
         try:
-            stat = os.stat(filename)
-            if hit is not None and hit.version == (stat.st_ino, stat.st_mtime_ns, stat.st_size):
-                content = hit.content
-            else:
-                with open(filename, "rb") as file:
-                    stat = os.fstat(file.fileno())  # the version of exactly these bytes
-                    content = file.read()
+            with open(filename, "rb") as file:
+                content = file.read()
         except FileNotFoundError:
             self._remembered.pop(key, None)
             return None
-        hit = _Remembered(filename, slot, stamp, (stat.st_ino, stat.st_mtime_ns, stat.st_size), content,
-                          time.monotonic() + self.recheck_seconds)
-        if len(self._remembered) >= self.max_remembered:
-            self._remembered.clear()  # rarely: a worker serving over a thousand users
-        self._remembered[key] = hit
+        hit = _Remembered(filename, slot, stamp, content, time.monotonic() + self.reread_seconds)
+        if self._stamps is not None:
+            if len(self._remembered) >= self.max_remembered:
+                self._remembered.clear()  # rarely: a worker serving over a thousand users
+            self._remembered[key] = hit
         return hit
 
     def set(self, key: str, value, timeout=None, mgmt_element: bool = False) -> bool:
         filename = self._get_filename(key)
         self._remembered.pop(key, None)
         try:
-            if not super().set(key, value, timeout=timeout, mgmt_element=mgmt_element):
-                return False
-            now = time.time_ns()
-            os.utime(filename, ns=(now, now))
-        except OSError:
-            return False
+            return super().set(key, value, timeout=timeout, mgmt_element=mgmt_element)
         finally:
             self._mark_written(filename)
-        return True
 
     def delete(self, key: str, mgmt_element: bool = False) -> bool:
         self._remembered.pop(key, None)
@@ -248,6 +238,14 @@ class _RecentlyReadFileSystemCache(FileSystemCache):
             return super().delete(key, mgmt_element=mgmt_element)
         finally:
             self._mark_written(self._get_filename(key))
+
+    def clear(self) -> bool:
+        try:
+            return super().clear()
+        finally:
+            self._remembered.clear()
+            if self._stamps is not None:
+                self._stamps[:] = os.urandom(len(self._stamps))  # every slot: every worker re-reads
 
 
 class FileSystemSessions(_SignInAwareSessions, CacheLibSessionInterface):

@@ -64,12 +64,12 @@ def test_a_sign_out_on_one_worker_is_seen_at_once_by_a_worker_that_read_the_sess
     assert "Signed in as" not in home and "Sign in" in home
 
 
-@pytest.mark.parametrize("stamps", ["write stamps", "stat only"])
+@pytest.mark.parametrize("stamps", ["write stamps", "no table"])
 def test_every_rewrite_of_a_session_file_is_read_even_with_the_same_size_at_once(tmp_path, monkeypatch, stamps):
     # Same length every time, written back to back: inode numbers get reused (the file is
-    # replaced by a new one each time), and a file system with coarse timestamps (some
-    # kernels: a few ms) gives them all the same modification time, as simulated here.
-    # "stat only": as on a file system where the table of write stamps cannot be mapped.
+    # replaced by a new one each time), and a file system with coarse timestamps gives
+    # them all the same modification time, as simulated here: nothing may depend on them.
+    # "no table": as on a file system where the table of write stamps cannot be mapped.
     write = FileSystemCache.set
 
     def write_with_a_coarse_clock(self, key, *args, **kwargs):
@@ -80,7 +80,7 @@ def test_every_rewrite_of_a_session_file_is_read_even_with_the_same_size_at_once
     monkeypatch.setattr(FileSystemCache, "set", write_with_a_coarse_clock)
     writer = sessions._RecentlyReadFileSystemCache(str(tmp_path), threshold=0)
     reader = sessions._RecentlyReadFileSystemCache(str(tmp_path), threshold=0)
-    if stamps == "stat only":
+    if stamps == "no table":
         writer._stamps = reader._stamps = None
     for version in range(0, 300, 2):  # the reader misses every other version
         assert writer.set("session:one", {"token_cache": f"{version:06d}"}, timeout=3600)
@@ -132,7 +132,7 @@ def test_a_change_by_another_worker_is_seen_at_once_and_one_by_hand_within_a_sec
     assert other.set("session:two", {"v": 1}, timeout=60)
     assert worker.get("session:two") == {"v": 1}
     os.remove(worker._get_filename("session:two"))  # behind the cache's back: no write stamp
-    time.sleep(worker.recheck_seconds + 0.05)
+    time.sleep(worker.reread_seconds + 0.05)
     assert worker.get("session:two") is None
 
 
@@ -141,9 +141,33 @@ def test_sweeps_and_clear_leave_the_table_of_write_stamps_alone(tmp_path):
     stamps = [p for p in tmp_path.iterdir() if p.name.startswith("write-stamps")]
     assert len(stamps) == 1
     assert cache.set("session:one", {"a": 1}, timeout=1)
+    assert cache.get("session:one") == {"a": 1}  # remembered
     cache._remove_expired(time.time() + 3600)
+    assert stamps[0].exists()
+    assert cache.set("session:two", {"b": 2}, timeout=60)
+    other_worker = sessions._RecentlyReadFileSystemCache(str(tmp_path), threshold=0)
+    assert other_worker.get("session:two") == {"b": 2}
     cache.clear()
-    assert stamps[0].exists() and not cache.has("session:one")
+    assert stamps[0].exists()
+    assert cache.get("session:two") is None and other_worker.get("session:two") is None  # at once
+
+
+def test_without_a_table_of_write_stamps_every_read_reads_the_file(tmp_path, monkeypatch):
+    def cannot_map(*args, **kwargs):
+        raise OSError("no mmap here")
+
+    monkeypatch.setattr(sessions.mmap, "mmap", cannot_map)
+    cache = sessions._RecentlyReadFileSystemCache(str(tmp_path), threshold=0)
+    assert cache._stamps is None
+    assert cache.set("session:one", {"a": 1}, timeout=60)
+    assert cache.get("session:one") == {"a": 1}
+    os.remove(cache._get_filename("session:one"))  # by hand: no stamp, no table anyway
+    assert cache.get("session:one") is None
+
+
+def test_the_cache_works_with_cachelib_s_default_threshold(tmp_path):
+    cache = sessions._RecentlyReadFileSystemCache(str(tmp_path))  # writes its file counter at once
+    assert cache.set("session:one", {"a": 1}, timeout=60) and cache.get("session:one") == {"a": 1}
 
 
 @pytest.mark.parametrize("content", [b"", b"\x00\x00", b"\x00" * 4, b"\x00\x00\x00\x00not a pickle", b"\xff" * 64,
