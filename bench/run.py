@@ -132,10 +132,12 @@ def machine_usage(before: dict[str, int], after: dict[str, int]) -> dict[str, fl
 
 
 def session_files(directory: Path) -> dict[str, tuple[int, int]]:
+    """The session files (cachelib's temporary files and the table of write stamps, which
+    end in its transaction suffix, are not sessions)."""
     found = {}
     if directory.is_dir():
         for entry in os.scandir(directory):
-            if entry.is_file():
+            if entry.is_file() and not entry.name.endswith(".__wz_cache"):
                 st = entry.stat()
                 found[entry.name] = (st.st_mtime_ns, st.st_size)
     return found
