@@ -139,6 +139,9 @@ def create_app(test_config: dict | None = None) -> Flask:
     _register_hooks(app, csrf)
     _quiet_query_strings_in_request_logs()
 
+    if app.config.get("TRUSTED_HOSTS"):
+        # A leading dot (any subdomain) is trusted without it, too.
+        app.wsgi_app = _health_probes_from_any_host(app.wsgi_app, app.config["TRUSTED_HOSTS"][0].lstrip("."))
     if app.config["PROXY_COUNT"] > 0:
         n = app.config["PROXY_COUNT"]
         # Client, scheme and host (with its port) only: App Service and the README's nginx
@@ -550,6 +553,19 @@ def _signing_out_a_browser_not_signed_in() -> bool:
     (Sec-Fetch-Site) gets the CSRF check all the same."""
     return (request.endpoint == "logout" and SIGNED_IN_KEY not in session
             and request.headers.get("Sec-Fetch-Site", "same-origin") == "same-origin")
+
+
+def _health_probes_from_any_host(wsgi_app, trusted_host: str):
+    """Let /healthz answer whatever Host the probe sends (an instance's IP, localhost, the
+    platform's own host name), which TRUSTED_HOSTS would refuse with a 400 and so mark
+    every instance unhealthy. Its answer builds no URL and repeats no host."""
+
+    def app(environ, start_response):
+        if environ.get("PATH_INFO") == "/healthz":
+            environ = {**environ, "HTTP_HOST": trusted_host}
+        return wsgi_app(environ, start_response)
+
+    return app
 
 
 def _csrf_token_signed_once(app: Flask):

@@ -213,6 +213,15 @@ def test_untrusted_or_malformed_host_gets_a_400_page_not_a_500(tmp_path, fake_en
     assert client.get("/login").status_code == 302  # the trusted host still works
 
 
+@pytest.mark.parametrize("host", ["10.0.0.5:8000", "localhost", "myapp.azurewebsites.net", "a..b"])
+def test_health_probes_get_an_answer_whatever_host_they_send(tmp_path, fake_entra, host):
+    client = create_app(fast_config(tmp_path, TRUSTED_HOSTS=["app.example"])).test_client()
+    health = client.get("/healthz", headers={"Host": host})
+    assert health.status_code == 200 and health.json["status"] == "ok"
+    assert host not in health.get_data(as_text=True)
+    assert client.get("/", headers={"Host": host}).status_code == 400  # nothing else
+
+
 @pytest.mark.parametrize("host", ["a..b", "x" * 70 + ".example"])
 def test_malformed_host_without_trusted_hosts_is_still_a_400_page(client, host):
     response = client.get("/", headers={"Host": host})
