@@ -98,9 +98,11 @@ class DownstreamApi:
         self.endpoint = endpoint
         self.max_inline_retry_after = max_inline_retry_after
         # One connect retry covers a pooled connection the server closed while idle;
-        # reads are not retried, so a timeout is not silently doubled. Retry-After is
-        # handled in get_json, where its wait is bounded.
-        retries = requests.adapters.Retry(total=1, connect=1, read=0, status=0, redirect=0, other=0,
+        # reads are not retried, so a timeout is not silently doubled. read=False, not 0:
+        # with 0, urllib3 wraps a read timeout in MaxRetryError, which requests reports as
+        # a ConnectionError, and a timed-out Graph would look unreachable (502, not 504).
+        # Retry-After is handled in get_json, where its wait is bounded.
+        retries = requests.adapters.Retry(total=1, connect=1, read=False, status=0, redirect=0, other=0,
                                           respect_retry_after_header=False, raise_on_status=False)
         self._http = pooled_session(pool_size=pool_size, timeout=timeout, retries=retries)
 

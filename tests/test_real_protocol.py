@@ -207,3 +207,19 @@ def test_malformed_host_header_gets_a_page_not_a_server_error(live_app, host):
         assert response.status_code < 500, (path, host, response.text[:200])
         assert response.headers.get("X-Content-Type-Options") == "nosniff"
     assert "Traceback" not in live_app.logs()
+
+
+def test_graph_that_does_not_answer_in_time_is_a_timeout_not_an_outage(fresh_stand_in, monkeypatch):
+    # Over a real socket: urllib3's retry wrapping once made a read timeout look like a
+    # connection failure (502 "can't be reached" instead of 504). A short read timeout
+    # keeps the test fast; the app's is 10 s.
+    from downstream import DownstreamApi, TimedOut
+    from local_entra import USERS
+
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", fresh_stand_in.settings["REQUESTS_CA_BUNDLE"])
+    api = DownstreamApi(fresh_stand_in.settings["ENDPOINT"], timeout=(3.05, 0.5))
+    token = fresh_stand_in.mint_access_token(USERS[0]["userPrincipalName"], lifetime=600)
+    assert api.get_json(token)["displayName"] == USERS[0]["displayName"]
+    fresh_stand_in.graph_fault(status=None, delay=1.5)
+    with pytest.raises(TimedOut):
+        api.get_json(token)
