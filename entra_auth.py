@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import http.cookiejar
 import logging
 import os
@@ -80,6 +81,26 @@ def pooled_session(*, pool_size: int, timeout: tuple[float, float], retries=0) -
     return session
 
 
+class _HttpCacheWithoutSharedThrottle(dict):
+    """MSAL's http_cache (discovery answers and throttle records), minus one kind of record.
+
+    After a 429 or 5xx from the token endpoint MSAL refuses, for 5 s or for the Retry-After
+    (up to an hour), to send the same request again. Its key names the "account": the
+    request's refresh token, else its code. But MSAL 1.39 reads the form with dict.get(),
+    whose None for a missing refresh_token hides the code, so every user's sign-in (an
+    auth-code redemption) shares one key, and one failed redemption refused everybody's
+    sign-in on the worker. Records under that shared key are not kept; those per refresh
+    token (one user's refreshes) still are.
+    """
+
+    _SHARED_KEY_END = f"hash={hashlib.sha256(repr(None).encode()).hexdigest()} 429/5xx/Retry-After"
+
+    def __setitem__(self, key, value):
+        if isinstance(key, str) and key.endswith(self._SHARED_KEY_END):
+            return
+        super().__setitem__(key, value)
+
+
 class _CurrentUserTokenCache:
     """The token cache of a reused MSAL app: forwards every call to `current`, the cache that
     identity has just loaded from this user's session.
@@ -108,7 +129,7 @@ class EntraAuth(identity.web.Auth):
     """One per process: it shares its HTTP pool and MSAL's discovery cache across requests."""
 
     def __init__(self, *, pool_size: int = 16, timeout=(IDP_CONNECT_TIMEOUT, IDP_READ_TIMEOUT), **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(http_cache=_HttpCacheWithoutSharedThrottle(), **kwargs)
         self._http = pooled_session(pool_size=pool_size, timeout=timeout)
         self._issuer: str | None = None
         self._oidc_config: dict | None = None

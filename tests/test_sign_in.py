@@ -308,6 +308,28 @@ def test_misspelt_scope_at_sign_in_shows_entra_s_error_instead_of_a_consent_loop
     assert "Signed in as" not in client.get("/").get_data(as_text=True)
 
 
+def test_one_failed_sign_in_does_not_hold_back_everybody_else_s(app, client, auth, fake_entra):
+    first = auth.start()
+    other = AuthActions(app.test_client(), fake_entra)
+    second = other.start()
+    fake_entra.fail_next_token("temporarily_unavailable", "AADSTS50196: try again later", status=503)
+    assert auth.callback(code="c1", state=first["state"]).status_code == 503
+
+    fake_entra.nonce = second["nonce"]
+    assert other.callback(code="c2", state=second["state"]).status_code == 302  # not throttled
+    assert len(fake_entra.token_calls()) == 2
+
+
+def test_a_failed_refresh_is_still_not_retried_at_once_for_that_user(client, auth, fake_entra):
+    fake_entra.access_token_lifetime = 60  # every page view refreshes
+    auth.sign_in()
+    fake_entra.fail_next_token("temporarily_unavailable", "AADSTS50196: try again later", status=503)
+    assert client.get("/call_downstream_api").status_code == 503
+    calls = len(fake_entra.token_calls())
+    assert client.get("/call_downstream_api").status_code == 503  # MSAL's own throttle: no request
+    assert len(fake_entra.token_calls()) == calls
+
+
 def test_home_page_when_the_id_token_expired_and_the_identity_provider_is_down_says_so(client, auth, fake_entra):
     import time
 
