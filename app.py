@@ -40,7 +40,7 @@ from flask.globals import request_ctx
 from flask_wtf.csrf import CSRFError, CSRFProtect, generate_csrf
 from markupsafe import escape
 from msal.exceptions import MsalServiceError
-from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.sansio.http import parse_cookie
 from werkzeug.utils import cached_property
@@ -511,6 +511,7 @@ def _register_hooks(app: Flask, csrf: CSRFProtect) -> None:
 
     problems = app.extensions["config_problems"]
     csrf_methods = app.config["WTF_CSRF_METHODS"]
+    max_body = app.config["MAX_CONTENT_LENGTH"]
 
     @app.before_request
     def guard_request():
@@ -523,8 +524,13 @@ def _register_hooks(app: Flask, csrf: CSRFProtect) -> None:
             return _sessions_unavailable_page()
         # The CSRF check, here rather than in Flask-WTF's own hook (WTF_CSRF_CHECK_DEFAULT is
         # off): after the 503s above, and only for the methods that can change state.
-        if req.method in csrf_methods and not _signing_out_a_browser_not_signed_in():
-            csrf.protect()
+        if req.method in csrf_methods:
+            if req.content_length is None and len(req.get_data(cache=True)) >= max_body:
+                # A chunked body: werkzeug stops reading it at MAX_CONTENT_LENGTH without
+                # a word, and the form would be parsed from its first 16 KB.
+                raise RequestEntityTooLarge()
+            if not _signing_out_a_browser_not_signed_in():
+                csrf.protect()
         return None
 
     # Pages are never stored by caches; static files keep the caching Flask gives them.

@@ -162,6 +162,26 @@ def test_an_oversized_sign_out_body_is_refused_before_it_is_parsed(client, auth,
     assert "Signed in as" in client.get("/").get_data(as_text=True)
 
 
+@pytest.mark.parametrize("token_first", [True, False])
+def test_an_oversized_chunked_sign_out_body_is_refused_not_cut_short(client, auth, token_first):
+    auth.sign_in()
+    token = f"csrf_token={auth.csrf_token()}".encode()
+    padding = b"x=" + b"y" * (1024 * 1024)
+    body = token + b"&" + padding if token_first else padding + b"&" + token
+    response = client.post("/logout", input_stream=io.BytesIO(body), content_type="application/x-www-form-urlencoded",
+                           headers={"Transfer-Encoding": "chunked"}, environ_overrides={"wsgi.input_terminated": True})
+    assert response.status_code == 413
+    assert "Signed in as" in client.get("/").get_data(as_text=True)
+
+
+def test_a_small_chunked_sign_out_still_works(client, auth):
+    auth.sign_in()
+    body = f"csrf_token={auth.csrf_token()}".encode()
+    response = client.post("/logout", input_stream=io.BytesIO(body), content_type="application/x-www-form-urlencoded",
+                           headers={"Transfer-Encoding": "chunked"}, environ_overrides={"wsgi.input_terminated": True})
+    assert response.status_code == 303
+
+
 def test_sign_out_with_a_forged_csrf_token_is_refused(client, auth):
     auth.sign_in()
     response = client.post("/logout", data={"csrf_token": "forged"})
