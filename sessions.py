@@ -91,6 +91,13 @@ class _SignInAwareSessions:
                     response.headers["Vary"] = "Cookie"
             return
         try:
+            # Emptied (a failed sign-in, a sign-out): the cookie deletion goes out only if
+            # this request deleted the stored record. If another one already did (the sign-in
+            # that won a race against this one moved the browser to a new id), the browser's
+            # cookie may name that newer session now.
+            if (session.modified and not session and self._loaded_from_store(session)
+                    and not self._remove_if_present(self._get_store_id(session.sid))):
+                raise _SessionGone
             super().save_session(app, session, response)
         except _SessionGone:
             # Another request deleted this session after this one read it: a sign-out, or a
@@ -106,6 +113,10 @@ class _SignInAwareSessions:
             g.session_store_error = exc
             if self.on_write_failure is not None:
                 self.on_write_failure(response)
+
+    def _remove_if_present(self, store_id: str) -> bool:
+        """Delete a session's record; False if it was already gone."""
+        raise NotImplementedError
 
     def regenerate(self, session) -> None:
         # Flask-Session's regenerate() skips empty sessions; a new id is wanted regardless.
@@ -239,6 +250,18 @@ class _RecentlyReadFileSystemCache(FileSystemCache):
         finally:
             self._mark_written(self._get_filename(key))
 
+    def delete_if_present(self, key: str) -> bool:
+        """delete(), telling whether there was a file to delete (cachelib's says True either way)."""
+        filename = self._get_filename(key)
+        self._remembered.pop(key, None)
+        try:
+            os.remove(filename)
+        except FileNotFoundError:
+            return False
+        finally:
+            self._mark_written(filename)
+        return True
+
     def clear(self) -> bool:
         try:
             return super().clear()
@@ -271,6 +294,9 @@ class FileSystemSessions(_SignInAwareSessions, CacheLibSessionInterface):
         if not self.cache.set(store_id, dict(session), timeout=lifetime):
             raise OSError("the session directory refused a write")
         self._sweep_if_due()
+
+    def _remove_if_present(self, store_id: str) -> bool:
+        return self.cache.delete_if_present(store_id)
 
     def _sweep_if_due(self) -> None:
         now = time.monotonic()
@@ -307,6 +333,9 @@ class RedisSessions(_SignInAwareSessions, RedisSessionInterface):
                 raise _SessionGone
         else:
             self.client.set(store_id, value, ex=lifetime)
+
+    def _remove_if_present(self, store_id: str) -> bool:
+        return bool(self.client.delete(store_id))
 
     def ping(self) -> None:
         self.client.ping()

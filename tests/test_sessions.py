@@ -8,6 +8,7 @@ import threading
 import time
 import types
 
+import flask
 import pytest
 import responses
 from cachelib.file import FileSystemCache
@@ -299,3 +300,24 @@ def test_a_token_refresh_of_a_session_still_stored_is_written_back(app, client, 
     # The second refresh used the refresh token that the first one stored.
     assert refreshes[1]["refresh_token"] == fake_entra.issued_refresh_tokens[-2]
     assert client.get_cookie("session").value == sid and os.path.exists(session_file(app, sid))
+
+
+def test_the_losing_duplicate_of_a_sign_in_callback_sends_no_cookie_deletion(app, client, auth):
+    params = auth.start()
+    old_sid = client.get_cookie("session").value
+    interface = app.session_interface
+    with app.test_request_context("/getAToken", headers={"Cookie": f"session={old_sid}"}):
+        duplicate = interface.open_session(app, flask.request)  # the same callback, sent twice
+        assert "_auth_flow" in duplicate
+        assert auth.callback(code="c", state=params["state"]).status_code == 302  # the other one wins
+        duplicate.pop("_auth_flow")  # its code is spent: its failed sign-in forgets the flow
+        response = app.response_class("Sign-in failed", status=400)
+        interface.save_session(app, duplicate, response)
+    assert session_cookie(response) is None  # a deletion would sign the browser out again
+    assert signed_in(client)
+
+
+def test_sign_out_still_deletes_the_cookie(client, auth):
+    auth.sign_in()
+    response = auth.sign_out()
+    assert "Expires=Thu, 01 Jan 1970" in session_cookie(response)
