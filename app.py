@@ -484,7 +484,10 @@ def as_text(value) -> str:
 
 def tojson_pretty(value) -> str:
     # A plain string, so that Jinja's autoescaping applies (Flask's tojson is for scripts).
-    return json.dumps(value, indent=2, ensure_ascii=False)
+    try:
+        return json.dumps(value, indent=2, ensure_ascii=False)
+    except RecursionError:  # an answer nested hundreds deep: parsed fine, too deep to indent
+        return "(nested too deeply to show)"
 
 
 # The filters the templates use; bench/limit_app.py renders the same templates with them.

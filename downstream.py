@@ -87,7 +87,7 @@ def _graph_error_message(response: requests.Response) -> str:
     try:
         body = response.json()
         return str(body["error"].get("message") or body["error"].get("code"))
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return f"HTTP {response.status_code}"
 
 
@@ -144,7 +144,7 @@ class DownstreamApi:
             raise DownstreamError(_graph_error_message(response), upstream_status=status)
         try:
             body = response.json()
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested thousands deep
             raise DownstreamError("The answer was not JSON.", upstream_status=status) from exc
         if not isinstance(body, dict):
             raise DownstreamError("The answer was not a JSON object.", upstream_status=status)

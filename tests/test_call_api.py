@@ -131,7 +131,7 @@ def test_graph_unreachable_gives_502(signed_in, fake_entra):
     assert signed_in.get("/call_downstream_api").status_code == 502
 
 
-@pytest.mark.parametrize("body", ["not json at all", "[1, 2, 3]", ""])
+@pytest.mark.parametrize("body", ["not json at all", "[1, 2, 3]", "", "[" * 5000 + "]" * 5000])
 def test_graph_answer_that_is_not_a_json_object_gives_502(signed_in, fake_entra, body):
     fake_entra.graph_answers(200, body)
     assert signed_in.get("/call_downstream_api").status_code == 502
@@ -253,3 +253,14 @@ def test_sign_out_forgets_the_remembered_token_answer(app, client, auth):
     assert len(memo) == 1
     auth.sign_out()
     assert len(memo) == 0
+
+
+@pytest.mark.parametrize("status", [200, 500])
+@pytest.mark.parametrize("depth", [400, 900, 5000])
+def test_a_deeply_nested_graph_answer_is_a_page_not_a_500(signed_in, fake_entra, depth, status):
+    nested = '{"a":' * depth + "1" + "}" * depth
+    body = nested if status == 500 else '{"displayName": "Deep", "extra": ' + nested + "}"
+    fake_entra.graph_answers(status, body, {"Content-Type": "application/json"})
+    response = signed_in.get("/call_downstream_api")
+    assert response.status_code in (200, 502), response.status_code
+    assert "Traceback" not in response.get_data(as_text=True)
