@@ -569,12 +569,12 @@ def _health_probes_from_any_host(wsgi_app, trusted_host: str):
     platform's own host name), which TRUSTED_HOSTS would refuse with a 400 and so mark
     every instance unhealthy. Its answer builds no URL and repeats no host."""
 
-    def app(environ, start_response):
+    def any_host_for_healthz(environ, start_response):
         if environ.get("PATH_INFO") == "/healthz":
             environ = {**environ, "HTTP_HOST": trusted_host}
         return wsgi_app(environ, start_response)
 
-    return app
+    return any_host_for_healthz
 
 
 def _csrf_token_signed_once(app: Flask):
