@@ -309,7 +309,7 @@ class FileSystemSessions(_SignInAwareSessions, CacheLibSessionInterface):
             self._sweep_lock.release()
 
     def ping(self) -> None:
-        # A write and a read back: cachelib turns every disk error into "not found".
+        # A write and a read back: cachelib reports a failed write only by returning False.
         probe = f"{self.key_prefix}healthz-{os.getpid()}"
         if not self.cache.set(probe, 1, timeout=60) or self.cache.get(probe) != 1:
             raise OSError("the session directory cannot be written")

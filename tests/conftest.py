@@ -281,6 +281,11 @@ def auth(client, fake_entra):
     return AuthActions(client, fake_entra)
 
 
+def signed_in(client) -> bool:
+    """Whether the home page, seen with this client's cookies, shows someone signed in."""
+    return "Signed in as" in client.get("/").get_data(as_text=True)
+
+
 def session_cookie(response) -> str | None:
     for header in response.headers.getlist("Set-Cookie"):
         if header.startswith("session="):

@@ -26,7 +26,7 @@ import redis
 import live
 import sessions
 from app import create_app
-from conftest import ME, AuthActions, fast_config, session_cookie
+from conftest import ME, AuthActions, fast_config, session_cookie, signed_in
 from live import ROOT, AppServer, RedisServer, WebUser
 from local_entra import USERS
 from sessions import FileSystemSessions, RedisSessions
@@ -405,10 +405,6 @@ def redis_app(redis_server, tmp_path, fake_entra):
                                   SESSION_LIFETIME_SECONDS=LIFETIME))
 
 
-def signed_in_here(client) -> bool:
-    return "Signed in as" in client.get("/").get_data(as_text=True)
-
-
 @pytest.mark.redis
 def test_redis_a_request_in_flight_during_sign_out_does_not_bring_the_session_back(redis_app, redis_client,
                                                                                    fake_entra):
@@ -424,10 +420,10 @@ def test_redis_a_request_in_flight_during_sign_out_does_not_bring_the_session_ba
 
     assert not redis_client.exists(PREFIX + sid)
     assert session_cookie(late) is None  # no Set-Cookie bringing the old id back
-    assert not signed_in_here(client)
+    assert not signed_in(client)
     kept_the_old_cookie = redis_app.test_client()
     kept_the_old_cookie.set_cookie("session", sid)
-    assert not signed_in_here(kept_the_old_cookie)
+    assert not signed_in(kept_the_old_cookie)
 
 
 @pytest.mark.redis
@@ -472,7 +468,7 @@ def test_redis_a_session_read_and_changed_is_written_back_with_the_ttl_of_its_st
     stored = redis_app.session_interface.serializer.decode(redis_client.get(PREFIX + sid))
     assert stored["_token_cache"] == REFRESHED
     assert LIFETIME - 2 <= redis_client.ttl(PREFIX + sid) <= LIFETIME
-    assert signed_in_here(client)
+    assert signed_in(client)
 
 
 def test_filesystem_is_the_default_session_store(tmp_path, fake_entra):

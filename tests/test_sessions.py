@@ -15,7 +15,7 @@ from cachelib.file import FileSystemCache
 
 import sessions
 from app import create_app
-from conftest import ME, AuthActions, fast_config, session_cookie
+from conftest import ME, AuthActions, fast_config, session_cookie, signed_in
 
 
 def test_healthz_reports_a_working_store(client):
@@ -237,10 +237,6 @@ class OtherTab:
 def session_file(app, sid: str) -> str:
     interface = app.session_interface
     return interface.cache._get_filename(interface._get_store_id(sid))
-
-
-def signed_in(client) -> bool:
-    return "Signed in as" in client.get("/").get_data(as_text=True)
 
 
 def test_a_request_in_flight_during_sign_out_does_not_sign_the_browser_back_in(app, client, auth, fake_entra):
