@@ -8,8 +8,10 @@ app reads `os.environ` (but for requests' own REQUESTS_CA_BUNDLE, in `entra_auth
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -227,3 +229,26 @@ SIGNING_KEY_ADVICE = (
     "Generate one with: python -c 'import secrets; print(secrets.token_hex(32))' "
     "and set it as SECRET_KEY in the environment or in .env."
 )
+
+
+def secret_key_for(config, instance_path: str) -> str:
+    """The SECRET_KEY to run with: the configured one, or in local development only, one
+    random key kept in the instance folder, so that every worker process and every
+    restart agree on it. Anywhere else a missing or weak key stops the start."""
+    key = config.get("SECRET_KEY") or ""
+    problem = secret_key_problem(key)
+    if problem is None:
+        return key
+    if not is_local_development(config):
+        raise RuntimeError(f"Refusing to start: {problem} {SIGNING_KEY_ADVICE}")
+    # Written whole, then linked into place: a worker never reads a half-written key, and
+    # the first worker's key wins.
+    key_file = Path(instance_path) / "dev_secret_key"
+    if not key_file.exists():
+        draft = key_file.with_name(f".dev_secret_key.{os.getpid()}")
+        draft.write_text(secrets.token_hex(32), encoding="ascii")
+        draft.chmod(0o600)
+        with contextlib.suppress(FileExistsError):
+            os.link(draft, key_file)
+        draft.unlink()
+    return key_file.read_text(encoding="ascii").strip()

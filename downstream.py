@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 import requests
 
-from entra_auth import pooled_session
+from http_pool import pooled_session
 
 logger = logging.getLogger(__name__)
 

@@ -1,36 +1,38 @@
 """`identity.web.Auth`, made safe to run in a server that must never hang or trust blindly.
 
-`identity` 0.11 is used as it is for the protocol (PKCE, state, nonce, token cache in the
-session). This subclass changes only what a production deployment cannot live with:
+`identity` 0.11 is used as it is for the protocol (PKCE, state, nonce, the token cache in
+the session). This subclass changes only what a production deployment cannot live with:
 
-* MSAL is built without a timeout and `log_out()` fetches discovery with a bare
-  `requests.get`: an identity provider that accepts connections and never answers would
-  hold a worker forever. Every call here goes through one pooled session whose every
-  request carries a connect and read timeout.
-* MSAL checks the id token's nonce, but not its audience or issuer: the claims are
-  checked here before anyone is signed in with them.
-* identity builds a new MSAL application for every token look-up; here each thread keeps
-  one, and MSAL's cached-token answer is remembered until MSAL itself would refresh it, so
-  that a page view costs close to what its Graph call costs (see `make bench`).
+* Timeouts: MSAL is built without one and `log_out()` fetches discovery with a bare
+  `requests.get`. Every identity-provider call here goes through one pooled client whose
+  every request carries a connect and read timeout.
+* The identity provider's answers are checked for the shape OAuth and OIDC promise before
+  MSAL or identity read them (`IdentityProviderClient`).
+* id tokens: MSAL checks the nonce only; the audience and issuer are checked here before
+  anyone is signed in with them.
+* MSAL's throttle record after a failed token request is kept per user, not shared by
+  every sign-in of the worker (`HttpCacheWithoutSharedThrottle`).
+* Completing a sign-in (`complete_sign_in`) decides every outcome in one place.
+
+Every private name of identity or MSAL used here is listed in the README's section
+"Where we depend on library internals", with the test that fails if it changes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
-import http.cookiejar
 import logging
-import os
 import threading
 import time
-import urllib.request
-from collections import OrderedDict
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import identity.web
 import msal
 import requests
-from requests.adapters import HTTPAdapter
+
+from http_pool import pooled_session
+from l1_token_cache import L1TokenCache
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +42,8 @@ IDP_READ_TIMEOUT = 5
 # After a failed end-session lookup, sign-outs skip it for this many seconds.
 DISCOVERY_RETRY_AFTER = 30
 
-# MSAL stops using a cached access token this many seconds before it expires.
-MSAL_EXPIRY_MARGIN = 300
-# Remembered token look-ups per process (see get_token_for_user); each holds one user's cache.
-TOKEN_MEMO_SIZE = 1024
+# identity's session key for where a sign-in should land (its name-mangled __NEXT_LINK).
+NEXT_LINK_KEY = f"{identity.web.__name__}.next_link"
 
 
 class IdentityProviderUnavailable(Exception):
@@ -58,30 +58,90 @@ class IdTokenRejected(Exception):
     """An id token that is not meant for this app or not from the configured issuer."""
 
 
-def pooled_session(*, pool_size: int, timeout: tuple[float, float], retries=0) -> requests.Session:
-    """A `requests.Session` that is safe to share across threads and users.
+class SignInFailed(Exception):
+    """A callback that completes no sign-in: forged, damaged, replayed, expired, or from
+    another browser. Nothing changed; the page offers to sign in again."""
 
-    Cookies are refused: a shared session that stored one would send it on behalf of
-    every user. Every request gets `timeout` unless the caller passes its own.
+    def __init__(self, reason: str, *, already_signed_in: bool = False):
+        super().__init__(reason)
+        self.reason = reason
+        self.already_signed_in = already_signed_in
+
+
+class SignInError(Exception):
+    """The identity provider answered the sign-in with an OAuth error (`result`)."""
+
+    def __init__(self, result: dict, next_link: str | None):
+        super().__init__(str(result.get("error")))
+        self.result = result
+        self.next_link = next_link
+
+
+def _json_object(response) -> dict | None:
+    try:
+        body = response.json()
+    except (ValueError, RecursionError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+class IdentityProviderClient:
+    """The `http_client` MSAL is given (its documented interface: get, post, close).
+
+    Pooled and bounded (see `http_pool`), and it checks the shape of what comes back, so
+    that MSAL and identity never read a token answer that is not what OAuth promises:
+    a token response is a JSON object with `access_token` and `token_type` (and an
+    `id_token` for an authorization code), an error response a JSON object with `error`.
+    5xx answers are left to MSAL, which raises them as HTTP errors (an outage: 503).
+    It also counts token requests per thread: `complete_sign_in` needs to know whether one
+    was made.
     """
-    session = requests.Session()
-    session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=retries)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    session.request = functools.partial(session.request, timeout=timeout)
-    # Performance (make bench): with trust_env on, requests walks the whole environment for
-    # proxy settings and looks for ~/.netrc on every request (~0.1 ms of CPU per Graph call,
-    # about 7 % of a page view). Without proxy settings all it finds is the CA bundle: read
-    # that once here. With a proxy configured, requests' own per-request handling (NO_PROXY)
-    # is kept. ~/.netrc is never wanted: its Basic credentials would replace the bearer token.
-    if not any(scheme != "no" for scheme in urllib.request.getproxies_environment()):
-        session.trust_env = False
-        session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
-    return session
+
+    def __init__(self, session: requests.Session):
+        self._session = session
+        self._per_thread = threading.local()
+
+    @property
+    def token_requests(self) -> int:
+        return getattr(self._per_thread, "token_requests", 0)
+
+    @token_requests.setter
+    def token_requests(self, value: int) -> None:
+        self._per_thread.token_requests = value
+
+    def get(self, url, **kwargs):
+        response = self._session.get(url, **kwargs)
+        if url.endswith("/.well-known/openid-configuration") and response.ok and _json_object(response) is None:
+            raise IdentityProviderUnavailable("OIDC discovery did not answer with a JSON object.")
+        return response
+
+    def post(self, url, **kwargs):
+        self.token_requests += 1
+        response = self._session.post(url, **kwargs)
+        if response.status_code >= 500:
+            return response
+        body = _json_object(response)
+        if body is None:
+            raise IdentityProviderMisbehaved(f"The token endpoint's answer (HTTP {response.status_code}) "
+                                             "is not a JSON object.")
+        if response.ok:
+            data = kwargs.get("data") if isinstance(kwargs.get("data"), dict) else {}
+            wanted = ["access_token", "token_type"]
+            if data.get("grant_type") == "authorization_code":
+                wanted.append("id_token")
+            missing = [name for name in wanted if not isinstance(body.get(name), str)]
+            if missing:
+                raise IdentityProviderMisbehaved(f"The token response lacks {', '.join(missing)}.")
+        elif not isinstance(body.get("error"), str):
+            raise IdentityProviderMisbehaved(f"The token endpoint's error (HTTP {response.status_code}) "
+                                             "names no error.")
+        return response
+
+    def close(self):
+        self._session.close()
 
 
-class _HttpCacheWithoutSharedThrottle(dict):
+class HttpCacheWithoutSharedThrottle(dict):
     """MSAL's http_cache (discovery answers and throttle records), minus one kind of record.
 
     After a 429 or 5xx from the token endpoint MSAL refuses, for 5 s or for the Retry-After
@@ -93,70 +153,30 @@ class _HttpCacheWithoutSharedThrottle(dict):
     token (one user's refreshes) still are.
     """
 
-    _SHARED_KEY_END = f"hash={hashlib.sha256(repr(None).encode()).hexdigest()} 429/5xx/Retry-After"
+    SHARED_KEY_END = f"hash={hashlib.sha256(repr(None).encode()).hexdigest()} 429/5xx/Retry-After"
 
     def __setitem__(self, key, value):
-        if isinstance(key, str) and key.endswith(self._SHARED_KEY_END):
+        if isinstance(key, str) and key.endswith(self.SHARED_KEY_END):
             return
         super().__setitem__(key, value)
 
 
-class _CurrentUserTokenCache:
-    """The token cache of a reused MSAL app: forwards every call to `current`, the cache that
-    identity has just loaded from this user's session.
-
-    MSAL keeps bound methods of its cache (add via a lambda, remove_rt, update_rt) from when
-    the app was built, so those forward at call time; everything else goes through __getattr__.
-    """
-
-    def __init__(self):
-        self.current = None
-
-    def __getattr__(self, name):
-        return getattr(self.current, name)
-
-    def add(self, *args, **kwargs):
-        return self.current.add(*args, **kwargs)
-
-    def remove_rt(self, *args, **kwargs):
-        return self.current.remove_rt(*args, **kwargs)
-
-    def update_rt(self, *args, **kwargs):
-        return self.current.update_rt(*args, **kwargs)
-
-
 class EntraAuth(identity.web.Auth):
-    """One per process: it shares its HTTP pool and MSAL's discovery cache across requests."""
+    """One per process: it shares its HTTP pool, MSAL's discovery cache and the L1 token cache."""
 
     def __init__(self, *, pool_size: int = 16, timeout=(IDP_CONNECT_TIMEOUT, IDP_READ_TIMEOUT), **kwargs):
-        super().__init__(http_cache=_HttpCacheWithoutSharedThrottle(), **kwargs)
+        super().__init__(http_cache=HttpCacheWithoutSharedThrottle(), **kwargs)
         self._http = pooled_session(pool_size=pool_size, timeout=timeout)
+        self.http_client = IdentityProviderClient(self._http)
+        self.l1_token_cache = L1TokenCache()
         self._issuer: str | None = None
         self._oidc_config: dict | None = None
         self._oidc_config_retry_at = 0.0
-        self._per_thread = threading.local()
-        self._token_memo: OrderedDict = OrderedDict()
-        self._token_memo_lock = threading.Lock()
 
     # --- what identity builds -------------------------------------------------------
 
     def _build_msal_app(self, client_credential=None, cache=None):
-        # Performance (make bench): identity builds a new MSAL app for every token look-up
-        # (~0.08-0.12 ms of CPU: authority, clients and a failed `import msal_extensions`).
-        # An MSAL app is meant to be long-lived and to serve many accounts through its token
-        # cache; so each thread keeps one confidential app and points its cache at the
-        # cache identity loaded from this user's session. One per thread: a call never
-        # sees another request's cache.
-        if client_credential and cache is not None:
-            app = getattr(self._per_thread, "app", None)
-            if app is None:
-                app = self._new_msal_app(client_credential, _CurrentUserTokenCache())
-                self._per_thread.app = app
-            app.token_cache.current = cache
-            return app
-        return self._new_msal_app(client_credential, cache)
-
-    def _new_msal_app(self, client_credential, cache):
+        # identity's own, plus our HTTP client (pooled, with timeouts: MSAL adds none).
         try:
             app = (msal.ConfidentialClientApplication if client_credential else msal.PublicClientApplication)(
                 self._client_id,
@@ -164,14 +184,14 @@ class EntraAuth(identity.web.Auth):
                 oidc_authority=self._oidc_authority,
                 authority=self._authority,
                 token_cache=cache,
-                http_client=self._http,  # pooled, with timeouts (MSAL adds none of its own)
+                http_client=self.http_client,
                 http_cache=self._http_cache,  # discovery fetched once per process, not per request
                 instance_discovery=False,
             )
         except ValueError as exc:  # MSAL's word for "discovery answered 4xx or not JSON"
             raise IdentityProviderUnavailable(str(exc)) from exc
-        # The issuer that id tokens must carry; the same for every app this object builds.
-        self._issuer = getattr(app.authority, "_issuer", None)
+        # The issuer that id tokens must carry (from the discovery document MSAL read).
+        self._issuer = app.authority._issuer
         return app
 
     def _get_oidc_config(self):
@@ -187,8 +207,8 @@ class EntraAuth(identity.web.Auth):
         try:
             response = self._http.get(f"{authority}/.well-known/openid-configuration")
             response.raise_for_status()
-            config = response.json()
-            if not isinstance(config, dict):
+            config = _json_object(response)
+            if config is None:
                 raise requests.exceptions.InvalidJSONError("OIDC discovery is not a JSON object")
         except requests.RequestException:
             self._oidc_config_retry_at = time.monotonic() + DISCOVERY_RETRY_AFTER
@@ -198,7 +218,7 @@ class EntraAuth(identity.web.Auth):
 
     def end_session_endpoint_missing(self) -> bool:
         """True when discovery answered and names no end-session endpoint (not an outage)."""
-        return self._oidc_config is not None and not self._oidc_config.get(self._END_SESSION_ENDPOINT)
+        return self._oidc_config is not None and not isinstance(self._oidc_config.get(self._END_SESSION_ENDPOINT), str)
 
     def _save_user_into_session(self, id_token_claims):
         # Called by identity with the claims of every id token it accepts: at sign-in and
@@ -206,7 +226,7 @@ class EntraAuth(identity.web.Auth):
         self.check_id_token_claims(id_token_claims)
         super()._save_user_into_session(id_token_claims)
 
-    # --- checks and small additions ---------------------------------------------------
+    # --- id tokens --------------------------------------------------------------------
 
     def check_id_token_claims(self, claims: dict) -> None:
         if claims.get("aud") != self._client_id:
@@ -224,86 +244,100 @@ class EntraAuth(identity.web.Auth):
         if tenant and tenant not in expected.split("/"):
             raise IdTokenRejected("The id token belongs to another tenant than the configured one.")
 
+    # --- tokens -----------------------------------------------------------------------
+
     def get_token_for_user(self, scopes, force_refresh: bool = False):
-        """identity's call, plus a forced refresh for an access token the API refused."""
-        # Performance (make bench): on every page view identity parses the session's whole
-        # token cache and MSAL searches it (~0.06 ms of CPU), to find the access token it
-        # found last time. MSAL's answer for this exact token cache and these scopes is
-        # remembered until MSAL itself would stop using that token (5 minutes before it
-        # expires, or at its refresh_on). A refresh changes the cache, hence the key; a
-        # forced refresh never looks here.
-        serialized, key = (None, None) if force_refresh else self._token_memo_key(scopes)
-        if key is not None:
-            hit = self._token_memo.get(key)
-            if hit is not None and hit[0] > time.time() and hit[3] == serialized:
-                return dict(hit[1], expires_in=int(hit[2] - time.time()))
+        """identity's call, answered from the L1 token cache when it can be, plus a forced
+        refresh for an access token the API refused."""
+        serialized = self._session.get(self._TOKEN_CACHE)
+        signed_in = self._USER in self._session
+        if serialized and signed_in and not force_refresh:
+            remembered = self.l1_token_cache.get(serialized, scopes)
+            if remembered is not None:
+                return remembered
         result = self._get_token_for_user(scopes, force_refresh=force_refresh or None)
-        if key is not None and result.get("token_source") == "cache" and "access_token" in result:
-            now = time.time()
-            expires_on = now + int(result.get("expires_in") or 0)
-            use_until = expires_on - MSAL_EXPIRY_MARGIN
-            if result.get("refresh_on"):
-                use_until = min(use_until, int(result["refresh_on"]))
-            if use_until > now:
-                with self._token_memo_lock:
-                    self._token_memo[key] = (use_until, dict(result), expires_on, serialized)
-                    while len(self._token_memo) > TOKEN_MEMO_SIZE:
-                        self._token_memo.popitem(last=False)
+        after = self._session.get(self._TOKEN_CACHE)  # a refresh wrote a new one
+        if after and signed_in and "access_token" in result:
+            self.l1_token_cache.put(after, scopes, result)
         return result
 
-    def _token_memo_key(self, scopes):
-        """(the session's serialized token cache, the memo key for it), or (None, None)."""
-        session = self._current_session()
-        serialized = session.get(self._TOKEN_CACHE)
-        user = session.get(self._USER)
-        if not serialized or not user:
-            return None, None
-        # Python's own string hash (keyed per process, so nobody can aim for a collision)
-        # finds the entry; a hit also needs the whole token cache to be equal.
-        return serialized, (hash(serialized), tuple(scopes or ()), user.get("preferred_username"))
+    def log_out(self, post_logout_redirect_uri: str) -> str | None:
+        """Forget the signed-in user and their tokens here (the session and the L1 token
+        cache), and return the identity provider's end-session URL, or None when the
+        provider can't be asked or offers none (`end_session_endpoint_missing` tells which).
 
-    def _current_session(self):
-        """The session itself rather than Flask's `session` proxy, which resolves the
-        request context again on every use."""
-        resolve = getattr(self._session, "_get_current_object", None)
-        return resolve() if resolve is not None else self._session
-
-    def log_out(self, post_logout_redirect_uri: str) -> str:
-        """identity's call; the signed-out session's remembered token answer goes too, so
-        that its token cache (refresh token included) does not outlive the sign-out here."""
-        serialized = self._current_session().get(self._TOKEN_CACHE)
+        identity's own `log_out` concatenates the URL without encoding the return address;
+        here it is built with the URL tools, with `client_id` (RP-Initiated Logout 1.0: a
+        provider may ignore the return address without it) and, when the id token carries
+        one, Entra ID's `logout_hint`, so that Entra signs that account out without asking.
+        """
+        user = self._session.pop(self._USER, None) or {}
+        serialized = self._session.pop(self._TOKEN_CACHE, None)
         if serialized:
-            with self._token_memo_lock:
-                for key in [k for k, hit in self._token_memo.items() if hit[3] == serialized]:
-                    del self._token_memo[key]
-        return super().log_out(post_logout_redirect_uri)
-
-    def complete_log_in(self, auth_response=None):
-        """identity's call; an answer from the identity provider that is not OAuth-shaped
-        (a token response that is not an object, one without an id token) is an outage of
-        sorts, not a reason for a 500."""
+            self.l1_token_cache.forget(serialized)
         try:
-            return super().complete_log_in(auth_response)
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise IdentityProviderMisbehaved(f"Unexpected answer at sign-in: {type(exc).__name__}") from exc
+            endpoint = self._get_oidc_config().get(self._END_SESSION_ENDPOINT)
+        except requests.RequestException as exc:
+            logger.warning("Sign-out: the end-session endpoint could not be looked up: %s", type(exc).__name__)
+            return None
+        if not isinstance(endpoint, str) or not endpoint.startswith(("https://", "http://")):
+            return None
+        query = {"post_logout_redirect_uri": post_logout_redirect_uri, "client_id": self._client_id}
+        if isinstance(user.get("login_hint"), str):
+            query["logout_hint"] = user["login_hint"]
+        parts = urlsplit(endpoint)
+        return urlunsplit(parts._replace(query="&".join(filter(None, (parts.query, urlencode(query))))))
 
-    def _get_token_for_user(self, scopes, force_refresh=None):
+    # --- completing a sign-in ---------------------------------------------------------
+
+    def complete_sign_in(self, answer: dict) -> str | None:
+        """Finish the sign-in this browser started with the identity provider's `answer`
+        (the callback's query parameters); return the path it should land on.
+
+        Every other outcome is raised: `SignInError` (the provider said no),
+        `SignInFailed` (the callback completes no sign-in here: nothing is lost),
+        `IdentityProviderMisbehaved` (a token request was made and its answer was unusable),
+        `IdTokenRejected`, or a requests/MSAL error for an outage.
+        """
+        if not answer:
+            # identity reads an empty answer as the device-code flow, which this app never starts.
+            raise SignInFailed("The identity provider's answer is missing.")
+        flow = self._session.get(self._AUTH_FLOW) or {}
+        next_link = flow.get(NEXT_LINK_KEY)
+        self.http_client.token_requests = 0
         try:
-            return super()._get_token_for_user(scopes, force_refresh=force_refresh)
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise IdentityProviderMisbehaved(f"Unexpected token answer: {type(exc).__name__}") from exc
+            with self._replacing_the_session(answer, flow):
+                result = self.complete_log_in(answer)
+        except RuntimeError:  # MSAL: the id token's nonce is not the one we sent
+            self.forget_pending_sign_in()
+            logger.warning("Sign-in refused: id token nonce mismatch")
+            raise SignInFailed("The identity provider's answer did not match this sign-in.") from None
+        if "error" in result:
+            self.forget_pending_sign_in()
+            raise SignInError(result, next_link)
+        if result:
+            return result.get("next_link")
+        # identity's {}: no sign-in in progress, a state mismatch, a replay, or a parameter
+        # MSAL could not decode (client_info) - or a token answer it could not use.
+        if self.http_client.token_requests:
+            raise IdentityProviderMisbehaved("The token endpoint's answer could not be used.")
+        logger.warning("Sign-in callback refused: it answers no sign-in in progress here, or a parameter is damaged")
+        if self._USER in self._session:  # e.g. Back after signing in, or a second tab's sign-in
+            raise SignInFailed("You are already signed in, so there is nothing more to do here.",
+                               already_signed_in=True)
+        raise SignInFailed("This sign-in link was already used, has expired, or was started in another browser.")
 
     @contextlib.contextmanager
-    def replacing_the_session(self, auth_response: dict):
+    def _replacing_the_session(self, answer: dict, flow: dict):
         """Complete a sign-in inside this block so that the new user starts with a clean
         session: whoever was signed in before in this browser leaves no tokens behind.
 
         Only a callback that carries a code for the sign-in this browser started clears
         anything, and if the sign-in then does not happen (an error, an outage, a refused
         token) the previous session is put back: a failed or forged callback loses nothing.
+        The pending sign-in is kept too unless its code was sent to the token endpoint.
         """
-        flow = self._session.get(self._AUTH_FLOW)
-        if not (flow and auth_response.get("code") and auth_response.get("state") == flow.get("state")):
+        if not (flow and answer.get("code") and answer.get("state") == flow.get("state")):
             yield
             return
         previous = dict(self._session)
@@ -315,15 +349,8 @@ class EntraAuth(identity.web.Auth):
             if self._USER not in self._session:
                 self._session.clear()
                 self._session.update(previous)
-                self._session.pop(self._AUTH_FLOW, None)  # the code was spent either way
-
-    def pending_state(self) -> str | None:
-        """The OAuth state of the sign-in in progress, if any."""
-        return (self._session.get(self._AUTH_FLOW) or {}).get("state")
-
-    def pending_next_link(self) -> str | None:
-        """Where the sign-in in progress should end up (identity keeps it in the flow)."""
-        return (self._session.get(self._AUTH_FLOW) or {}).get(f"{identity.web.__name__}.next_link")
+                if self.http_client.token_requests:
+                    self._session.pop(self._AUTH_FLOW, None)  # the code was spent
 
     def forget_pending_sign_in(self) -> None:
         """Drop the sign-in flow so that its state and code can never be used again."""

@@ -18,19 +18,15 @@ What Flask-Session's stock interfaces lack, added here and nothing else:
 from __future__ import annotations
 
 import logging
-import mmap
 import os
-import secrets
-import struct
+import pickle
 import threading
 import time
 from datetime import timedelta
-from typing import NamedTuple
 
 import redis
 from cachelib.file import FileSystemCache
 from flask import Flask, g, request
-from flask_session._utils import total_seconds
 from flask_session.cachelib import CacheLibSessionInterface
 from flask_session.redis import RedisSessionInterface
 
@@ -69,27 +65,18 @@ class _SignInAwareSessions:
     def open_session(self, app, request):
         try:
             return super().open_session(app, request)
-        except Exception as exc:  # a store that can't be read, whatever the reason
-            if isinstance(exc, STORE_ERRORS):
-                logger.error("Session store unavailable while reading: %s", exc)
-            else:  # e.g. a stored value that no longer decodes: worth its traceback
-                logger.exception("Session store unreadable")
+        except STORE_ERRORS as exc:
+            logger.error("Session store unavailable while reading: %s", exc)
+            g.session_store_error = exc
+            return self.session_class(sid=self._generate_sid(self.sid_length), permanent=self.permanent)
+        except (pickle.UnpicklingError, ValueError) as exc:  # a stored value that no longer decodes
+            logger.exception("Session store unreadable")
             g.session_store_error = exc
             return self.session_class(sid=self._generate_sid(self.sid_length), permanent=self.permanent)
 
     def save_session(self, app, session, response):
         if g.get("session_store_error") is not None:
             return  # nothing was read, so nothing may be written over what is stored
-        if not session.modified and not self.should_set_storage(app, session):
-            # The steady state of a page view: nothing to store and no cookie to send.
-            # Performance (make bench): Flask-Session would still look up the cookie's
-            # settings and parse the Vary header into a set to add "Cookie" (~0.01 ms).
-            if session.accessed:
-                if "Vary" in response.headers:
-                    response.vary.add("Cookie")
-                else:
-                    response.headers["Vary"] = "Cookie"
-            return
         try:
             # Emptied (a failed sign-in, a sign-out): the cookie deletion goes out only if
             # this request deleted the stored record. If another one already did (the sign-in
@@ -129,167 +116,32 @@ class _SignInAwareSessions:
         raise NotImplementedError
 
 
-class _Remembered(NamedTuple):
-    filename: str
-    slot: int  # its place in the table of write stamps
-    stamp: int  # the slot's stamp when the bytes were read
-    content: bytes
-    trusted_until: float  # monotonic time after which the file is read again anyway
-
-
-class _RecentlyReadFileSystemCache(FileSystemCache):
-    """cachelib's file cache that keeps the bytes of recently read files in memory.
-
-    Performance (make bench): reading a session file on every page view cost ~0.03 ms of
-    CPU (about 4 % of a page view), for a file that changes only at sign-in, at a token
-    refresh and at sign-out. Its bytes are remembered and reused while nothing wrote it:
-
-    * Every write and delete here puts a random stamp in the file's slot of a small table
-      that every worker maps into memory (`write-stamps-<slots>`, in the session
-      directory). A read whose slot still holds the stamp seen when the bytes were read
-      needs no system call: even a stat costs a gthread worker ~0.03 ms per page view (it
-      lets another thread take the GIL, then waits to get it back). Stamps go in after the
-      file changed and are read before it is read, so a remembered copy is never older
-      than the last stamp; a changed stamp always means reading the file again.
-    * A remembered file is read again at least once a second anyway, so a change that
-      left no stamp (a file edited or deleted by hand, a worker whose table is another
-      file) is seen within that second.
-    * Without the table (a file system that cannot map it) nothing is remembered: every
-      read reads the file, as cachelib does.
-
-    The value is still unpickled on every read: each request gets its own objects. The
-    table is allocated on disk up front: writing into a sparse file's hole on a full disk
-    would kill the process (SIGBUS) rather than fail.
-    """
-
-    max_remembered = 1024  # files per process (~6 KB each for a signed-in user)
-    stamp_slots = 4096  # sessions sharing a slot only cost each other a re-read
-    reread_seconds = 1.0
-
-    def __init__(self, *args, **kwargs):
-        # Before cachelib's __init__, which may already write (its file counter).
-        self._remembered: dict[str, _Remembered] = {}
-        self._stamps: mmap.mmap | None = None
-        super().__init__(*args, **kwargs)
-        self._stamps = self._map_stamps()
-
-    def _map_stamps(self) -> mmap.mmap | None:
-        # The transaction suffix keeps cachelib's sweeps and clear() away from the file;
-        # the slot count in the name keeps workers of another version off this table.
-        path = os.path.join(self._path, f"write-stamps-{self.stamp_slots}{self._fs_transaction_suffix}")
-        size = self.stamp_slots * 8
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, self._mode or 0o600)
-            try:
-                os.posix_fallocate(fd, 0, size)  # real blocks, not a hole (see the docstring)
-                return mmap.mmap(fd, size)
-            finally:
-                os.close(fd)
-        except (OSError, ValueError) as exc:
-            logger.warning("Session files are read on every request: no table of write stamps (%s)", exc)
-            return None
-
-    def _slot(self, filename: str) -> int:
-        return int(filename[-8:], 16) % self.stamp_slots  # the file name is a hex digest
-
-    def _stamp(self, slot: int) -> int:
-        return struct.unpack_from("Q", self._stamps, slot * 8)[0]
-
-    def _mark_written(self, filename: str) -> None:
-        if self._stamps is not None:
-            struct.pack_into("Q", self._stamps, self._slot(filename) * 8, secrets.randbits(64))
-
-    def get(self, key: str):
-        hit = self._remembered.get(key)
-        if hit is None or time.monotonic() >= hit.trusted_until or self._stamp(hit.slot) != hit.stamp:
-            hit = self._read(key, hit)
-            if hit is None:
-                return None
-        content = hit.content
-        if len(content) <= 4:  # no value (cachelib writes only the header when pickling fails)
-            return None
-        # cachelib's file format: a 4-byte expiry time (0: never), then the pickled value.
-        expires = struct.unpack_from("I", content)[0]
-        if expires != 0 and expires < time.time():
-            return None
-        try:
-            return self.serializer.loads(content[4:])
-        except Exception:  # noqa: BLE001 (a damaged file: as cachelib does, no session rather than an error)
-            logger.warning("Unreadable session file %s: treated as no session", hit.filename)
-            return None
-
-    def _read(self, key: str, hit: _Remembered | None) -> _Remembered | None:
-        filename = self._get_filename(key) if hit is None else hit.filename
-        slot = self._slot(filename) if hit is None else hit.slot
-        stamp = self._stamp(slot) if self._stamps is not None else 0  # before the file, see above
-        try:
-            with open(filename, "rb") as file:
-                content = file.read()
-        except FileNotFoundError:
-            self._remembered.pop(key, None)
-            return None
-        hit = _Remembered(filename, slot, stamp, content, time.monotonic() + self.reread_seconds)
-        if self._stamps is not None:
-            if len(self._remembered) >= self.max_remembered:
-                self._remembered.clear()  # rarely: a worker serving over a thousand users
-            self._remembered[key] = hit
-        return hit
-
-    def set(self, key: str, value, timeout=None, mgmt_element: bool = False) -> bool:
-        filename = self._get_filename(key)
-        self._remembered.pop(key, None)
-        try:
-            return super().set(key, value, timeout=timeout, mgmt_element=mgmt_element)
-        finally:
-            self._mark_written(filename)
-
-    def delete(self, key: str, mgmt_element: bool = False) -> bool:
-        self._remembered.pop(key, None)
-        try:
-            return super().delete(key, mgmt_element=mgmt_element)
-        finally:
-            self._mark_written(self._get_filename(key))
-
+class _FileSystemCacheTellingDeletes(FileSystemCache):
     def delete_if_present(self, key: str) -> bool:
         """delete(), telling whether there was a file to delete (cachelib's says True either way)."""
-        filename = self._get_filename(key)
-        self._remembered.pop(key, None)
         try:
-            os.remove(filename)
+            os.remove(self._get_filename(key))
         except FileNotFoundError:
             return False
-        finally:
-            self._mark_written(filename)
         return True
-
-    def clear(self) -> bool:
-        try:
-            return super().clear()
-        finally:
-            self._remembered.clear()
-            if self._stamps is not None:
-                self._stamps[:] = os.urandom(len(self._stamps))  # every slot: every worker re-reads
 
 
 class FileSystemSessions(_SignInAwareSessions, CacheLibSessionInterface):
     def __init__(self, app: Flask, directory: str, **kwargs):
         # threshold=0: never evict by count. Expired files are swept by _sweep_if_due().
-        cache = _RecentlyReadFileSystemCache(directory, threshold=0, mode=0o600)
+        cache = _FileSystemCacheTellingDeletes(directory, threshold=0, mode=0o600)
         super().__init__(app, client=cache, **kwargs)
         self.app = app
         self._last_sweep = time.monotonic()
         self._sweep_lock = threading.Lock()
 
     def _upsert_session(self, session_lifetime, session, store_id):
-        lifetime = total_seconds(self.lifetime_for(self.app, session))
-        if self._loaded_from_store(session):
-            # Written back only while its file is there (see save_session). A sign-out in the
-            # moment between this check and set()'s rename (well under a millisecond) is still
-            # undone: a file system has no "replace only if present", as Redis has (SET XX).
-            try:
-                os.stat(self.cache._get_filename(store_id))
-            except FileNotFoundError:
-                raise _SessionGone from None  # any other error is the store's: a 503
+        lifetime = int(self.lifetime_for(self.app, session).total_seconds())
+        # Written back only while its file is there (see save_session). A sign-out in the
+        # moment between this check and set()'s rename (well under a millisecond) is still
+        # undone: a file system has no "replace only if present", as Redis has (SET XX).
+        if self._loaded_from_store(session) and not self.cache.has(store_id):
+            raise _SessionGone
         # cachelib reports a failed write (disk full, directory gone) only by returning False.
         if not self.cache.set(store_id, dict(session), timeout=lifetime):
             raise OSError("the session directory refused a write")
@@ -324,7 +176,7 @@ class RedisSessions(_SignInAwareSessions, RedisSessionInterface):
 
     def _upsert_session(self, session_lifetime, session, store_id):
         # The TTL follows the session's state, not one lifetime for all.
-        lifetime = total_seconds(self.lifetime_for(self.app, session))
+        lifetime = int(self.lifetime_for(self.app, session).total_seconds())
         value = self.serializer.encode(session)
         if self._loaded_from_store(session):
             # Written back only while its key exists (see save_session). SET XX checks and

@@ -21,8 +21,8 @@ import requests
 from flask import Flask, render_template
 from requests.adapters import HTTPAdapter
 
-from app import SECURITY_HEADERS as APP_SECURITY_HEADERS
-from app import TEMPLATE_FILTERS
+from security import SECURITY_HEADERS as APP_SECURITY_HEADERS
+from templating import TEMPLATE_FILTERS
 
 ROOT = Path(__file__).resolve().parent.parent
 

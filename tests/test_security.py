@@ -272,16 +272,6 @@ def test_healthz_names_a_store_failure_without_its_address(tmp_path, fake_entra,
     assert any("127.0.0.1" in record.getMessage() for record in caplog.records)  # the log has it
 
 
-def test_a_log_call_whose_arguments_do_not_fit_is_still_redacted():
-    from app import _RedactSecrets
-
-    jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
-    record = logging.LogRecord("lib", logging.WARNING, __file__, 1, "token %s and %s", (jwt,), None)
-    assert _RedactSecrets().filter(record)
-    line = logging.Formatter().format(record)  # does not raise any more
-    assert jwt not in line and "[redacted-jwt]" in line
-
-
 @pytest.mark.parametrize("cookie", ["session=\xff\xfe", "session=\xc3(; other=\xff", "session=\"\\377\"",
                                     "session=" + "a" * 5000, "=; ;;session", "session=a; session=b"])
 def test_a_malformed_cookie_header_is_a_signed_out_visitor_not_an_error(app, cookie, caplog):

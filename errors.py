@@ -1,0 +1,221 @@
+"""Every page for something that went wrong, and the handler that picks it.
+
+The README's table "What happens when things go wrong" maps to this module one to one:
+each row is a handler (or page helper) here, with the status it answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import redis
+import requests
+from flask import Flask, current_app, g, redirect, render_template, request, session, url_for
+from flask.globals import request_ctx
+from flask_wtf.csrf import CSRFError
+from markupsafe import escape
+from msal.exceptions import MsalServiceError
+from werkzeug.exceptions import HTTPException, InternalServerError
+
+from downstream import DownstreamError, PermissionMissing, Throttled
+from entra_auth import (
+    IdentityProviderMisbehaved,
+    IdentityProviderUnavailable,
+    IdTokenRejected,
+    SignInError,
+    SignInFailed,
+)
+
+logger = logging.getLogger(__name__)
+
+# Token errors that a new interactive sign-in fixes.
+SIGN_IN_AGAIN_ERRORS = {"interaction_required", "invalid_grant", "login_required", "no_account"}
+# identity's own answer when the token lacks a scope that was asked for (error invalid_scope).
+UNGRANTED_SCOPES = "Ungranted scope(s)"
+
+
+def register_error_handlers(app: Flask) -> None:
+    app.register_error_handler(HTTPException, http_error)
+    app.register_error_handler(CSRFError, form_expired)
+    for exc_class in (requests.RequestException, MsalServiceError, IdentityProviderUnavailable):
+        app.register_error_handler(exc_class, identity_provider_unreachable)
+    app.register_error_handler(IdentityProviderMisbehaved, identity_provider_misbehaved)
+    app.register_error_handler(redis.RedisError, session_store_failed)
+    app.register_error_handler(SignInFailed, sign_in_failed)
+    app.register_error_handler(SignInError, sign_in_error)
+    app.register_error_handler(IdTokenRejected, id_token_rejected)
+    app.register_error_handler(DownstreamError, downstream_error)
+    app.register_error_handler(InternalServerError, internal_error)
+
+
+# --- handlers, one per row of the README's failure table ----------------------------
+
+
+def http_error(exc: HTTPException):
+    titles = {404: "Page not found", 405: "Method not allowed"}
+    response = error_page(exc.code or 500, titles.get(exc.code, exc.name),
+                          exc.description if exc.code != 404 else "There is nothing at this address.")
+    if exc.code == 405 and exc.valid_methods:
+        return (*response, {"Allow": ", ".join(exc.valid_methods)})
+    return response
+
+
+def form_expired(exc: CSRFError):
+    return error_page(400, "This form has expired",
+                      "For your safety the request was not carried out. Go back, reload the page and try again.",
+                      action_url=url_for("index"), action_label="Back to the home page")
+
+
+def identity_provider_unreachable(exc: Exception):
+    # Graph errors never get here (DownstreamApi turns them into DownstreamError): a raw
+    # requests exception comes from a call to the identity provider.
+    logger.warning("Identity provider unreachable: %s", describe(exc))
+    timed_out = isinstance(exc, requests.Timeout) and not isinstance(exc, requests.ConnectionError)
+    status = 504 if timed_out else 503
+    if request.endpoint == "auth_response":  # its query string is spent: start a new sign-in
+        retry_url = url_for("login")
+    else:
+        retry_url = request.path if request.method == "GET" else url_for("index")
+    page = error_page(status, "Microsoft Entra ID can't be reached",
+                      "Signing in and getting tokens is not possible right now. Please try again in a minute.",
+                      action_url=retry_url, action_label="Try again")
+    return (*page, {"Retry-After": "30"})
+
+
+def identity_provider_misbehaved(exc: IdentityProviderMisbehaved):
+    logger.warning("Identity provider answered unexpectedly: %s", exc)
+    return error_page(502, "Microsoft Entra ID answered something unexpected",
+                      "Signing in or getting a token failed. Please try again in a minute.",
+                      action_url=url_for("index"), action_label="Back to the home page")
+
+
+def session_store_failed(exc: redis.RedisError):  # a store call outside open/save, e.g. at sign-in
+    logger.error("Session store unavailable: %s", describe(exc))
+    return sessions_unavailable_page()
+
+
+def sign_in_failed(exc: SignInFailed):
+    if exc.already_signed_in:
+        return error_page(400, "This sign-in link was already used", exc.reason,
+                          action_url=url_for("index"), action_label="Continue to the home page")
+    return sign_in_failed_page(exc.reason)
+
+
+def sign_in_error(exc: SignInError):
+    if needs_consent(exc.result):  # e.g. identity's "Ungranted scope(s)"; /login checks the next link
+        return consent_page(next_path=exc.next_link or "/")
+    status = 403 if exc.result.get("error") == "access_denied" else 400
+    if status == 400:  # repr: the text comes from the query string, newlines and all
+        logger.warning("Sign-in failed: %r", str(exc.result.get("error"))[:100])
+    return auth_error_page(exc.result, status=status)
+
+
+def id_token_rejected(exc: IdTokenRejected):
+    logger.warning("Sign-in refused: %s", exc)
+    session.clear()
+    return error_page(400, "Sign-in refused", str(exc),
+                      action_url=url_for("index"), action_label="Back to the home page")
+
+
+def downstream_error(exc: DownstreamError):
+    logger.warning("Downstream API error %s: %s", exc.upstream_status, exc.message)
+    headers = {}
+    if isinstance(exc, PermissionMissing):
+        message = (f"The API refused the request: the app needs the delegated permission "
+                   f"{', '.join(current_app.config['SCOPE'])}, granted by you or an administrator.")
+    elif isinstance(exc, Throttled):
+        headers["Retry-After"] = str(exc.retry_after)
+        message = f"Microsoft Graph is throttling requests; try again in {exc.retry_after} s."
+    else:
+        message = exc.message
+    page = error_page(exc.status, exc.title, message,
+                      action_url=url_for("call_downstream_api"), action_label="Try again")
+    return (*page, headers)
+
+
+def internal_error(exc: InternalServerError):
+    request_id = uuid.uuid4().hex[:12]
+    original = getattr(exc, "original_exception", None) or exc
+    logger.error("Unhandled error, request id %s", request_id, exc_info=original)
+    return error_page(500, "Something went wrong",
+                      "The error was logged. Quote this request id if you report it.",
+                      request_id=request_id)
+
+
+# --- pages that views answer with directly -------------------------------------------
+
+
+def token_error_page(result: dict):
+    """The answer to `get_token_for_user` returning an error instead of a token."""
+    error = result.get("error", "")
+    if needs_consent(result):
+        return consent_page(next_path=request.path)
+    if error in SIGN_IN_AGAIN_ERRORS:
+        return redirect(url_for("login", next=request.path))
+    logger.warning("Token request failed: %s", error)
+    return auth_error_page(result, status=502, title="Microsoft Entra ID did not issue a token")
+
+
+def needs_consent(result: dict) -> bool:
+    """True when granting permission fixes it. Not for every invalid_scope: a misspelt SCOPE
+    (AADSTS70011) is a configuration error that no consent can fix."""
+    description = str(result.get("error_description") or "")
+    return (result.get("error") == "consent_required" or result.get("suberror") == "consent_required"
+            or "AADSTS65001" in description
+            or (result.get("error") == "invalid_scope" and description.startswith(UNGRANTED_SCOPES)))
+
+
+def consent_page(next_path: str):
+    return render_template(
+        "consent.html", scopes=current_app.config["SCOPE"],
+        consent_url=url_for("login", prompt="consent", next=next_path)), 403
+
+
+def auth_error_page(result: dict, *, status: int, title: str | None = None):
+    error = str(result.get("error", "unknown_error"))
+    return render_template(
+        "auth_error.html",
+        title=title or ("Sign-in was cancelled" if error == "access_denied" else "Sign-in failed"),
+        error=error,
+        description=str(result.get("error_description", "")),
+    ), status
+
+
+def sign_in_failed_page(reason: str):
+    return render_template(
+        "error.html", status=400, title="Sign-in could not be completed", message=reason,
+        action_url=url_for("login"), action_label="Try signing in again"), 400
+
+
+def error_page(status: int, title: str, message: str, **extra):
+    if request_ctx.url_adapter is None:
+        # The Host header was unusable (or not trusted), so no URL can be built and the
+        # layout cannot render: a bare page, still escaped.
+        page = (f"<!doctype html><html lang=\"en\"><title>{escape(title)}</title>"
+                f"<h1>{escape(title)}</h1><p>{escape(message)}</p></html>")
+        return page, status
+    return render_template("error.html", status=status, title=title, message=message, **extra), status
+
+
+def sessions_unavailable_page():
+    return (*error_page(503, "Sessions unavailable",
+                        "The session store can't be reached right now, so nobody can sign in or stay "
+                        "signed in. Please try again in a moment."), {"Retry-After": "5"})
+
+
+def session_write_failed(response) -> None:
+    """Turn a response whose session change was lost into the 503 page."""
+    page, status, headers = sessions_unavailable_page()
+    response.set_data(page)
+    response.status_code = status
+    response.headers.pop("Location", None)
+    response.headers.update(headers)
+
+
+def session_store_failed_this_request() -> bool:
+    return g.get("session_store_error") is not None
+
+
+def describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:200]
