@@ -44,6 +44,7 @@ DISCOVERY_RETRY_AFTER = 30
 
 # identity's session key for where a sign-in should land (its name-mangled __NEXT_LINK).
 NEXT_LINK_KEY = f"{identity.web.__name__}.next_link"
+END_SESSION_ENDPOINT = "end_session_endpoint"  # OpenID Connect RP-Initiated Logout's discovery key
 
 
 class IdentityProviderUnavailable(Exception):
@@ -194,11 +195,11 @@ class EntraAuth(identity.web.Auth):
         self._issuer = app.authority._issuer
         return app
 
-    def _get_oidc_config(self):
-        # identity fetches this for log_out() with no timeout and caches it with lru_cache
-        # on the instance. Here the fetch is bounded and holds no lock (sign-outs must not
-        # queue behind a hanging one), and a failure is remembered briefly so that a burst
-        # of sign-outs during an outage does not wait out one timeout each.
+    def discovery_for_sign_out(self) -> dict:
+        """The discovery document at `<authority>/.well-known/openid-configuration`, where
+        identity looks up the end-session endpoint too. Fetched once, bounded, holding no
+        lock (sign-outs must not queue behind a hanging one); a failure is remembered briefly
+        so that a burst of sign-outs during an outage does not wait out one timeout each."""
         if self._oidc_config is not None:
             return self._oidc_config
         if time.monotonic() < self._oidc_config_retry_at:
@@ -218,7 +219,7 @@ class EntraAuth(identity.web.Auth):
 
     def end_session_endpoint_missing(self) -> bool:
         """True when discovery answered and names no end-session endpoint (not an outage)."""
-        return self._oidc_config is not None and not isinstance(self._oidc_config.get(self._END_SESSION_ENDPOINT), str)
+        return self._oidc_config is not None and not isinstance(self._oidc_config.get(END_SESSION_ENDPOINT), str)
 
     def _save_user_into_session(self, id_token_claims):
         # Called by identity with the claims of every id token it accepts: at sign-in and
@@ -276,7 +277,7 @@ class EntraAuth(identity.web.Auth):
         if serialized:
             self.l1_token_cache.forget(serialized)
         try:
-            endpoint = self._get_oidc_config().get(self._END_SESSION_ENDPOINT)
+            endpoint = self.discovery_for_sign_out().get(END_SESSION_ENDPOINT)
         except requests.RequestException as exc:
             logger.warning("Sign-out: the end-session endpoint could not be looked up: %s", type(exc).__name__)
             return None

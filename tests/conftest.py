@@ -281,7 +281,7 @@ def auth(client, fake_entra):
     return AuthActions(client, fake_entra)
 
 
-def signed_in(client) -> bool:
+def home_page_shows_signed_in(client) -> bool:
     """Whether the home page, seen with this client's cookies, shows someone signed in."""
     return "Signed in as" in client.get("/").get_data(as_text=True)
 

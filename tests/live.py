@@ -28,10 +28,42 @@ SECRET_KEY = "live-tier-secret-key-0123456789abcdefghijklmnopqrstuvwxyz"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def listening_socket(port: int = 0) -> socket.socket:
+    """A listening loopback socket (port 0: the kernel picks a free one). Handed to gunicorn
+    as a file descriptor, so that no other process can take the port in between."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def closed_port() -> tuple[socket.socket, int]:
+    """A port on which nothing listens, reserved while the socket is open: connecting to a
+    bound socket that does not listen is refused, and nobody else can bind it meanwhile."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock, sock.getsockname()[1]
+
+
+def start_on_a_free_port(start, answers, *, what: str, tries: int = 5):
+    """Start a server that can only be told a port number (redis-server): `start(port)`
+    returns its process; if it exits before `answers(port)` (the port was taken between
+    choosing and binding), try again on another port."""
+    for _ in range(tries):
+        sock, port = closed_port()
+        sock.close()
+        process = start(port)
+
+        def up(process=process, port=port):
+            if process.poll() is not None:
+                return "exited"
+            return answers(port)
+
+        if wait_for(up, timeout=10, what=what) != "exited":
+            return process, port
+    raise RuntimeError(f"{what} could not bind a port in {tries} tries")
 
 
 def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
@@ -73,7 +105,8 @@ class AppServer:
                  tls: TlsFiles | None = None):
         self.stand_in = stand_in
         self.name = name
-        self.port = port or free_port()
+        self._listener: socket.socket | None = listening_socket(port or 0)
+        self.port = self._listener.getsockname()[1]
         self.tls = tls
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.workdir = Path(workdir)
@@ -97,9 +130,11 @@ class AppServer:
         return env
 
     def start(self) -> AppServer:
+        if self._listener is None:  # a restart: the same address, bound again
+            self._listener = listening_socket(self.port)
         command = [
             sys.executable, "-m", "gunicorn", "-c", str(self.config),
-            "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers),
+            "--bind", f"fd://{self._listener.fileno()}", "--workers", str(self.workers),
             "--threads", str(self.threads), "--worker-class", self.worker_class,
             self.app_spec,
         ]
@@ -107,8 +142,12 @@ class AppServer:
             command[-1:-1] = ["--certfile", str(self.tls.cert), "--keyfile", str(self.tls.key)]
         log = open(self.log_path, "ab")  # noqa: SIM115 (kept open for the process's life)
         self.process = subprocess.Popen(command, cwd=ROOT, env=self.environment(), stdout=log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+                                        stderr=subprocess.STDOUT, start_new_session=True,
+                                        pass_fds=(self._listener.fileno(),))
         log.close()
+        # gunicorn has the socket now; without our copy, a stopped server's port refuses.
+        self._listener.close()
+        self._listener = None
 
         def answers():
             if self.process.poll() is not None:
@@ -223,29 +262,37 @@ class RedisServer:
     def __init__(self, workdir: Path, port: int | None = None):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = port or free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.port = port
         self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
 
     @staticmethod
     def available() -> bool:
         return shutil.which("redis-server") is not None
 
     def start(self) -> RedisServer:
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
-             "--save", "", "--appendonly", "no", "--protected-mode", "yes"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        def start(port):
+            return subprocess.Popen(
+                ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
+                 "--save", "", "--appendonly", "no", "--protected-mode", "yes"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-        def answers():
+        def answers(port):
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
                     s.sendall(b"PING\r\n")
                     return s.recv(16).startswith(b"+PONG")
             except OSError:
                 return False
 
-        wait_for(answers, timeout=10, what="redis-server")
+        if self.port is None:
+            self.process, self.port = start_on_a_free_port(start, answers, what="redis-server")
+        else:  # the same address again (a restart)
+            self.process = start(self.port)
+            wait_for(lambda: answers(self.port), timeout=10, what="redis-server")
         return self
 
     def stop(self) -> None:

@@ -30,7 +30,7 @@ def is_same_origin(location: str) -> bool:
     return (target.scheme, target.netloc) == ("http", "localhost")
 
 
-def signed_in(client) -> bool:
+def session_has_a_user(client) -> bool:
     with client.session_transaction() as session:
         return SIGNED_IN_KEY in session
 
@@ -44,7 +44,7 @@ def test_random_callback_query_never_errors_never_signs_in(client, auth, params,
         params = {k: v for k, v in params.items() if k != "code"} | {"state": real["state"]}
     response = client.get("/getAToken", query_string=params)
     assert response.status_code < 500
-    assert not signed_in(client)
+    assert not session_has_a_user(client)
     if "Location" in response.headers:
         assert is_same_origin(response.headers["Location"])
 

@@ -137,6 +137,7 @@ def test_identity_provider_down_gives_503_and_back_up_recovers(person, stand_in)
     assert person.get("/call_downstream_api").status_code == 200
 
 
+@pytest.mark.slow
 def test_hanging_identity_provider_is_answered_within_15_seconds(person, stand_in, live_app):
     stand_in.access_token_lifetime = 60
     person.sign_in(ADELE)
@@ -152,6 +153,7 @@ def test_hanging_identity_provider_is_answered_within_15_seconds(person, stand_i
     assert person.get("/call_downstream_api", timeout=10).status_code in (200, 302)
 
 
+@pytest.mark.slow
 def test_hanging_identity_provider_never_holds_login_callback_or_logout(stand_in, fresh_stand_in, tmp_path):
     from live import AppServer
 
@@ -175,6 +177,7 @@ def test_hanging_identity_provider_never_holds_login_callback_or_logout(stand_in
             assert response.status_code in (503, 504)
 
 
+@pytest.mark.slow
 def test_no_token_code_or_secret_reaches_the_logs(stand_in, tmp_path):
     from live import AppServer
 

@@ -26,7 +26,7 @@ import redis
 import live
 import sessions
 from app import create_app
-from conftest import ME, AuthActions, fast_config, session_cookie, signed_in
+from conftest import ME, AuthActions, fast_config, home_page_shows_signed_in, session_cookie
 from live import ROOT, AppServer, RedisServer, WebUser
 from local_entra import USERS
 from sessions import FileSystemSessions, RedisSessions
@@ -182,6 +182,7 @@ def test_redis_keys_are_prefixed_and_expire_with_the_session(pair, redis_client,
 
 
 @pytest.mark.redis
+@pytest.mark.slow
 def test_redis_down_gives_503_pages_and_recovers_when_it_is_back(stand_in, fresh_stand_in, tmp_path):
     require_redis_server()
     store = RedisServer(tmp_path / "redis").start()
@@ -238,6 +239,7 @@ def test_redis_down_gives_503_pages_and_recovers_when_it_is_back(stand_in, fresh
 
 
 @pytest.mark.redis
+@pytest.mark.slow
 def test_fifty_users_sign_in_and_call_the_api_across_both_instances(pair, fresh_stand_in):
     users, rounds = 50, 2
     instances = (pair.a.url, pair.b.url)
@@ -326,6 +328,7 @@ def test_redis_url_builds_a_client_with_or_without_tls_without_connecting(tmp_pa
 
 
 @pytest.mark.redis
+@pytest.mark.slow
 def test_sessions_work_over_tls_with_a_rediss_url(tmp_path, fake_entra):
     """A real redis-server serving TLS only (like Azure Cache for Redis on 6380)."""
     require_redis_server()
@@ -340,16 +343,21 @@ def test_sessions_work_over_tls_with_a_rediss_url(tmp_path, fake_entra):
     cert.private_key_pem.write_to_path(str(key_file))
     for blob in cert.cert_chain_pems:
         blob.write_to_path(str(chain_file), append=True)
-    port = live.free_port()
-    server = subprocess.Popen(
-        ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path),
-         "--save", "", "--appendonly", "no", "--tls-cert-file", str(chain_file), "--tls-key-file", str(key_file),
-         "--tls-ca-cert-file", str(ca_file), "--tls-auth-clients", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    def start(port):
+        return subprocess.Popen(
+            ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path),
+             "--save", "", "--appendonly", "no", "--tls-cert-file", str(chain_file), "--tls-key-file",
+             str(key_file), "--tls-ca-cert-file", str(ca_file), "--tls-auth-clients", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def url_for(port):
+        return f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca_file}"
+
+    server, port = live.start_on_a_free_port(
+        start, lambda port: _pings(redis.Redis.from_url(url_for(port))), what="redis-server over TLS")
     try:
-        url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca_file}"
+        url = url_for(port)
         tls_client = redis.Redis.from_url(url)
-        live.wait_for(lambda: _pings(tls_client), timeout=10, what="redis-server over TLS")
         app = create_app(fast_config(tmp_path, SESSION_TYPE="redis", REDIS_URL=url))
         client = app.test_client()
         AuthActions(client, fake_entra).sign_in()
@@ -420,10 +428,10 @@ def test_redis_a_request_in_flight_during_sign_out_does_not_bring_the_session_ba
 
     assert not redis_client.exists(PREFIX + sid)
     assert session_cookie(late) is None  # no Set-Cookie bringing the old id back
-    assert not signed_in(client)
+    assert not home_page_shows_signed_in(client)
     kept_the_old_cookie = redis_app.test_client()
     kept_the_old_cookie.set_cookie("session", sid)
-    assert not signed_in(kept_the_old_cookie)
+    assert not home_page_shows_signed_in(kept_the_old_cookie)
 
 
 @pytest.mark.redis
@@ -468,7 +476,7 @@ def test_redis_a_session_read_and_changed_is_written_back_with_the_ttl_of_its_st
     stored = redis_app.session_interface.serializer.decode(redis_client.get(PREFIX + sid))
     assert stored["_token_cache"] == REFRESHED
     assert LIFETIME - 2 <= redis_client.ttl(PREFIX + sid) <= LIFETIME
-    assert signed_in(client)
+    assert home_page_shows_signed_in(client)
 
 
 def test_filesystem_is_the_default_session_store(tmp_path, fake_entra):
@@ -491,6 +499,7 @@ def session_files(directory: Path) -> list[Path]:
     return [p for p in directory.iterdir() if not p.name.endswith(".__wz_cache")]
 
 
+@pytest.mark.slow
 def test_filesystem_store_keeps_a_signed_in_user_through_10000_sessions(tmp_path, fake_entra, monkeypatch):
     total, through_http = 10_000, 200
     app = create_app(fast_config(tmp_path))

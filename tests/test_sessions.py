@@ -11,7 +11,7 @@ import pytest
 import responses
 
 from app import create_app
-from conftest import ME, AuthActions, fast_config, session_cookie, signed_in
+from conftest import ME, AuthActions, fast_config, home_page_shows_signed_in, session_cookie
 
 
 def test_healthz_reports_a_working_store(client):
@@ -140,10 +140,10 @@ def test_a_request_in_flight_during_sign_out_does_not_sign_the_browser_back_in(a
     assert late.status_code == 200 and ME["jobTitle"] in late.get_data(as_text=True)
     assert session_cookie(late) is None  # no Set-Cookie bringing the old id back
     assert not os.path.exists(session_file(app, old_sid))
-    assert client.get_cookie("session") is None and not signed_in(client)
+    assert client.get_cookie("session") is None and not home_page_shows_signed_in(client)
     kept_the_old_cookie = app.test_client()
     kept_the_old_cookie.set_cookie("session", old_sid)
-    assert not signed_in(kept_the_old_cookie)
+    assert not home_page_shows_signed_in(kept_the_old_cookie)
 
 
 def test_a_request_in_flight_during_a_new_sign_in_does_not_bring_back_the_old_session(app, client, auth,
@@ -169,7 +169,7 @@ def test_a_request_in_flight_during_a_new_sign_in_does_not_bring_back_the_old_se
         assert ME["userPrincipalName"] not in session["_token_cache"]
     kept_the_old_cookie = app.test_client()
     kept_the_old_cookie.set_cookie("session", old_sid)
-    assert not signed_in(kept_the_old_cookie)
+    assert not home_page_shows_signed_in(kept_the_old_cookie)
 
 
 def test_a_token_refresh_of_a_session_still_stored_is_written_back(app, client, auth, fake_entra):
@@ -198,7 +198,7 @@ def test_the_losing_duplicate_of_a_sign_in_callback_sends_no_cookie_deletion(app
         response = app.response_class("Sign-in failed", status=400)
         interface.save_session(app, duplicate, response)
     assert session_cookie(response) is None  # a deletion would sign the browser out again
-    assert signed_in(client)
+    assert home_page_shows_signed_in(client)
 
 
 def test_sign_out_still_deletes_the_cookie(client, auth):
