@@ -84,6 +84,9 @@ def load(environ=None) -> dict:
         "SCOPE": scope,
         "ENDPOINT": (environ.get("ENDPOINT") or GRAPH_ME).strip(),
         "SECRET_KEY": (environ.get("SECRET_KEY") or "").strip(),
+        # Older keys, still accepted for reading (sessions, CSRF tokens) after a rotation.
+        "SECRET_KEY_FALLBACKS": [k.strip() for k in (environ.get("SECRET_KEY_FALLBACKS") or "").split(",")
+                                 if k.strip()],
         "SESSION_TYPE": (environ.get("SESSION_TYPE") or "filesystem").strip().lower(),
         "REDIS_URL": (environ.get("REDIS_URL") or "").strip(),
         # Where the embedded filesystem store keeps sessions (default: instance/sessions).

@@ -20,8 +20,11 @@ Every private name of identity or MSAL used here is listed in the README's secti
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import hashlib
+import json
 import logging
 import threading
 import time
@@ -76,6 +79,15 @@ class SignInError(Exception):
         super().__init__(str(result.get("error")))
         self.result = result
         self.next_link = next_link
+
+
+def _decodes_to_a_json_object(value: str) -> bool:
+    """What Entra ID sends as client_info: base64url (padding optional) of a JSON object."""
+    try:
+        decoded = json.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
+    except (ValueError, binascii.Error):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return False
+    return isinstance(decoded, dict)
 
 
 def _json_object(response) -> dict | None:
@@ -303,6 +315,11 @@ class EntraAuth(identity.web.Auth):
         if not answer:
             # identity reads an empty answer as the device-code flow, which this app never starts.
             raise SignInFailed("The identity provider's answer is missing.")
+        if "client_info" in answer and not _decodes_to_a_json_object(answer["client_info"]):
+            # MSAL would decode it before anything else and fail with a ValueError (which
+            # identity turns into {}) or, for JSON that is not an object, a TypeError.
+            logger.warning("Sign-in callback refused: its client_info parameter is damaged")
+            raise SignInFailed("The identity provider's answer was damaged on its way here.")
         flow = self._session.get(self._AUTH_FLOW) or {}
         next_link = flow.get(NEXT_LINK_KEY)
         self.http_client.token_requests = 0

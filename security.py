@@ -7,9 +7,10 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from flask import Flask, current_app, render_template, request, session
-from flask_wtf.csrf import CSRFProtect, generate_csrf
+from flask_wtf.csrf import CSRFError, CSRFProtect, generate_csrf, validate_csrf
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
+from wtforms import ValidationError
 
 import errors
 from sessions import SIGNED_IN_KEY
@@ -31,6 +32,8 @@ SECURITY_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
 }
 HSTS = ("Strict-Transport-Security", "max-age=31536000")
+# A longer `next` becomes "/": it travels in the pending sign-in's cookie (4 KB at most).
+MAX_NEXT_LENGTH = 1024
 # Remembered signed CSRF tokens per process (see csrf_token_signed_once).
 CSRF_CACHE_SIZE = 4096
 
@@ -56,7 +59,7 @@ def init_security(app: Flask) -> None:
                 # a word, and the form would be parsed from its first 16 KB.
                 raise RequestEntityTooLarge()
             if not _signing_out_a_browser_not_signed_in():
-                csrf.protect()
+                _check_csrf(csrf)
         return None
 
     # Pages are never stored by caches; static files keep the caching Flask gives them.
@@ -81,6 +84,30 @@ def init_security(app: Flask) -> None:
         # Client, scheme and host (with its port) only: App Service and the README's nginx
         # set nothing else, so an X-Forwarded-Port or -Prefix could only come from the client.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=0, x_prefix=0)
+
+
+def _check_csrf(csrf: CSRFProtect) -> None:
+    """Flask-WTF's check, where a token signed with a key of SECRET_KEY_FALLBACKS (a page
+    rendered before a key rotation) passes too: Flask-WTF itself knows only SECRET_KEY."""
+    try:
+        csrf.protect()
+    except CSRFError:
+        token = request.form.get(current_app.config["WTF_CSRF_FIELD_NAME"])
+        if not any(_csrf_token_signed_with(token, key) for key in current_app.config["SECRET_KEY_FALLBACKS"]):
+            raise
+        # The rest of Flask-WTF's check: over https the form must come from this origin.
+        if request.is_secure and current_app.config["WTF_CSRF_SSL_STRICT"]:
+            referrer = urlsplit(request.referrer or "")
+            if (referrer.scheme, referrer.netloc) != ("https", request.host):
+                raise
+
+
+def _csrf_token_signed_with(token, key: str) -> bool:
+    try:
+        validate_csrf(token, secret_key=key)
+    except ValidationError:
+        return False
+    return True
 
 
 def _signing_out_a_browser_not_signed_in() -> bool:
@@ -136,7 +163,7 @@ def csrf_token_signed_once(app: Flask):
 
 def safe_next_path(value) -> str:
     """A same-origin path to go to after sign-in; anything else becomes '/'."""
-    if not isinstance(value, str) or not value.startswith("/") or len(value) > 2048:
+    if not isinstance(value, str) or not value.startswith("/") or len(value) > MAX_NEXT_LENGTH:
         return "/"
     if value.startswith("//") or "\\" in value or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
         return "/"

@@ -2,9 +2,13 @@
 
 What Flask-Session's stock interfaces lack, added here and nothing else:
 
-* A sign-in that was started and never finished expires within the hour; a signed-in
-  session lives for the configured lifetime. Anonymous visits to /login can then not
-  crowd out signed-in users.
+* Only signed-in sessions live in the store. Everything a visitor has before signing in
+  (the pending sign-in: state, nonce, PKCE verifier, where to go next) travels in a
+  short-lived cookie of its own, sealed (encrypted and authenticated) with a key derived
+  from SECRET_KEY. Anonymous visits to /login then cost the store nothing: no number of
+  them can fill it or crowd out signed-in users.
+* Every stored session is sealed too (`session_encryption.py`): no token is readable in
+  a Redis value or a session file. A record that no key opens is no session.
 * The embedded file store never evicts a live session (cachelib's default threshold of
   500 files does); expired files are swept instead, at most every few minutes.
 * A store that fails (Redis down, disk full) does not turn into a 500: the request gets
@@ -12,11 +16,16 @@ What Flask-Session's stock interfaces lack, added here and nothing else:
   unavailable" (503).
 * A session deleted while a request had it in memory (a sign-out in another tab, the old
   id at sign-in) stays deleted: that request's changes are not written back.
-* The cookie is Secure whenever the request came over https.
+* Cookies: Secure whenever the request came over https, and then named with the
+  `__Host-` prefix, which a browser lets no other origin (a sibling subdomain, plain
+  http) set. A request that carries a cookie name twice (a cookie "tossed" by another
+  origin next to ours) gets neither: it is a visitor with no session.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import os
 import pickle
@@ -24,16 +33,22 @@ import threading
 import time
 from datetime import timedelta
 
+import msgspec
 import redis
 from cachelib.file import FileSystemCache
 from flask import Flask, g, request
 from flask_session.cachelib import CacheLibSessionInterface
 from flask_session.redis import RedisSessionInterface
 
+from session_encryption import SessionCipher, Unreadable
+
 logger = logging.getLogger(__name__)
 
 SIGNED_IN_KEY = "_logged_in_user"  # where identity keeps the signed-in user's claims
 SWEEP_INTERVAL_SECONDS = 300
+PENDING_COOKIE = "signin_pending"
+HOST_PREFIX = "__Host-"  # over https: Secure, Path=/, no Domain, set by this origin only
+ISSUED_AT = "_issued_at"  # in the pending cookie: when it was sealed
 
 STORE_ERRORS = (redis.RedisError, OSError, EOFError)
 
@@ -42,46 +57,97 @@ class _SessionGone(Exception):
     """The stored record of a session loaded by this request was deleted before its write."""
 
 
+def _only_cookie(name: str) -> str | None:
+    """The cookie's value, or None when it is missing or sent more than once."""
+    values = request.cookies.getlist(name)
+    return values[0] if len(values) == 1 else None
+
+
 class _SignInAwareSessions:
     """Mixin for a Flask-Session interface (must come first in the bases)."""
 
     pending_lifetime = timedelta(hours=1)
     # Called with the response when the store refused a write, to turn it into an error page.
     on_write_failure = None
+    cipher: SessionCipher
 
     def lifetime_for(self, app: Flask, session) -> timedelta:
         if SIGNED_IN_KEY in session:
             return app.permanent_session_lifetime
         return min(self.pending_lifetime, app.permanent_session_lifetime)
 
-    def _loaded_from_store(self, session) -> bool:
-        # Flask-Session keeps the cookie's id only when the store had a record for it; a
-        # new session, and one given a new id by regenerate(), has an id the cookie lacks.
-        return session.sid == request.cookies.get(self.get_cookie_name(self.app))
+    # --- cookies ------------------------------------------------------------------------
+
+    def get_cookie_name(self, app: Flask) -> str:
+        name = app.config["SESSION_COOKIE_NAME"]
+        return HOST_PREFIX + name if request.is_secure else name
+
+    def pending_cookie_name(self) -> str:
+        return HOST_PREFIX + PENDING_COOKIE if request.is_secure else PENDING_COOKIE
 
     def get_cookie_secure(self, app: Flask) -> bool:
         return bool(app.config["SESSION_COOKIE_SECURE"] or request.is_secure)
 
+    def _loaded_from_store(self, session) -> bool:
+        # A session opened from the store keeps the cookie's id; a new session, and one
+        # given a new id by regenerate(), has an id the cookie lacks.
+        return session.sid == _only_cookie(self.get_cookie_name(self.app))
+
+    # --- open ---------------------------------------------------------------------------
+
     def open_session(self, app, request):
         try:
-            return super().open_session(app, request)
+            sid = _only_cookie(self.get_cookie_name(app))
+            if sid:
+                data = self._retrieve_session_data(self._get_store_id(sid))
+                if data is not None:
+                    return self.session_class(data, sid=sid)
         except STORE_ERRORS as exc:
             logger.error("Session store unavailable while reading: %s", exc)
             g.session_store_error = exc
-            return self.session_class(sid=self._generate_sid(self.sid_length), permanent=self.permanent)
-        except (pickle.UnpicklingError, ValueError) as exc:  # a stored value that no longer decodes
-            logger.exception("Session store unreadable")
-            g.session_store_error = exc
-            return self.session_class(sid=self._generate_sid(self.sid_length), permanent=self.permanent)
+        # No stored session: a visitor, perhaps with a sign-in in progress.
+        return self.session_class(self._read_pending_cookie(), sid=self._generate_sid(self.sid_length),
+                                  permanent=self.permanent)
+
+    def _open_sealed(self, sealed, bound_to: str) -> dict | None:
+        try:
+            plaintext, _older_key = self.cipher.open(sealed, bound_to)
+            data = msgspec.msgpack.decode(plaintext)
+        except (Unreadable, msgspec.DecodeError):
+            # Tampered, or sealed with a key that was dropped from SECRET_KEY_FALLBACKS.
+            logger.warning("A session (stored, or a pending sign-in's cookie) that no key opens was treated as none")
+            return None
+        return data if isinstance(data, dict) else None
+
+    def _read_pending_cookie(self) -> dict:
+        raw = _only_cookie(self.pending_cookie_name())
+        if not raw:
+            return {}
+        try:
+            sealed = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
+        except (ValueError, binascii.Error):
+            return {}
+        data = self._open_sealed(sealed, PENDING_COOKIE) or {}
+        issued_at = data.pop(ISSUED_AT, 0)
+        if not isinstance(issued_at, int) or issued_at + self.pending_lifetime.total_seconds() < time.time():
+            return {}
+        return data
+
+    # --- save ---------------------------------------------------------------------------
 
     def save_session(self, app, session, response):
         if g.get("session_store_error") is not None:
             return  # nothing was read, so nothing may be written over what is stored
+        if SIGNED_IN_KEY not in session and not self._loaded_from_store(session):
+            self._save_pending_cookie(app, session, response)
+            return
+        if session.modified and session and _only_cookie(self.pending_cookie_name()):
+            self._delete_pending_cookie(app, response)  # signed in now: the store has it all
         try:
-            # Emptied (a failed sign-in, a sign-out): the cookie deletion goes out only if
-            # this request deleted the stored record. If another one already did (the sign-in
-            # that won a race against this one moved the browser to a new id), the browser's
-            # cookie may name that newer session now.
+            # Emptied (a sign-out): the cookie deletion goes out only if this request
+            # deleted the stored record. If another one already did (the sign-in that won
+            # a race against this one moved the browser to a new id), the browser's cookie
+            # may name that newer session now.
             if (session.modified and not session and self._loaded_from_store(session)
                     and not self._remove_if_present(self._get_store_id(session.sid))):
                 raise _SessionGone
@@ -100,6 +166,30 @@ class _SignInAwareSessions:
             g.session_store_error = exc
             if self.on_write_failure is not None:
                 self.on_write_failure(response)
+
+    def _save_pending_cookie(self, app, session, response) -> None:
+        if session.accessed:
+            response.vary.add("Cookie")
+        if not session.modified:
+            return
+        if not session:
+            if self.pending_cookie_name() in request.cookies:
+                self._delete_pending_cookie(app, response)
+            return
+        plaintext = msgspec.msgpack.encode({**session, ISSUED_AT: int(time.time())})
+        sealed = base64.urlsafe_b64encode(self.cipher.seal(plaintext, PENDING_COOKIE)).rstrip(b"=").decode()
+        response.set_cookie(
+            self.pending_cookie_name(), sealed,
+            max_age=int(self.pending_lifetime.total_seconds()), path="/", httponly=True,
+            secure=self.get_cookie_secure(app), samesite=app.config["SESSION_COOKIE_SAMESITE"])
+
+    def _delete_pending_cookie(self, app, response) -> None:
+        response.delete_cookie(self.pending_cookie_name(), path="/", httponly=True,
+                               secure=self.get_cookie_secure(app),
+                               samesite=app.config["SESSION_COOKIE_SAMESITE"])
+
+    def _sealed_session(self, session, store_id: str) -> bytes:
+        return self.cipher.seal(self.serializer.encode(session), store_id)
 
     def _remove_if_present(self, store_id: str) -> bool:
         """Delete a session's record; False if it was already gone."""
@@ -135,6 +225,14 @@ class FileSystemSessions(_SignInAwareSessions, CacheLibSessionInterface):
         self._last_sweep = time.monotonic()
         self._sweep_lock = threading.Lock()
 
+    def _retrieve_session_data(self, store_id: str) -> dict | None:
+        try:
+            sealed = self.cache.get(store_id)
+        except (pickle.UnpicklingError, ValueError, EOFError):  # a damaged file: no session
+            logger.warning("A damaged session file was treated as no session")
+            return None
+        return None if sealed is None else self._open_sealed(sealed, store_id)
+
     def _upsert_session(self, session_lifetime, session, store_id):
         lifetime = int(self.lifetime_for(self.app, session).total_seconds())
         # Written back only while its file is there (see save_session). A sign-out in the
@@ -143,7 +241,7 @@ class FileSystemSessions(_SignInAwareSessions, CacheLibSessionInterface):
         if self._loaded_from_store(session) and not self.cache.has(store_id):
             raise _SessionGone
         # cachelib reports a failed write (disk full, directory gone) only by returning False.
-        if not self.cache.set(store_id, dict(session), timeout=lifetime):
+        if not self.cache.set(store_id, self._sealed_session(session, store_id), timeout=lifetime):
             raise OSError("the session directory refused a write")
         self._sweep_if_due()
 
@@ -174,10 +272,14 @@ class RedisSessions(_SignInAwareSessions, RedisSessionInterface):
         super().__init__(app, client=client, **kwargs)
         self.app = app
 
+    def _retrieve_session_data(self, store_id: str) -> dict | None:
+        sealed = self.client.get(store_id)
+        return None if sealed is None else self._open_sealed(sealed, store_id)
+
     def _upsert_session(self, session_lifetime, session, store_id):
         # The TTL follows the session's state, not one lifetime for all.
         lifetime = int(self.lifetime_for(self.app, session).total_seconds())
-        value = self.serializer.encode(session)
+        value = self._sealed_session(session, store_id)
         if self._loaded_from_store(session):
             # Written back only while its key exists (see save_session). SET XX checks and
             # writes in one step: no deletion can come in between.
@@ -207,5 +309,6 @@ def init_sessions(app: Flask, on_write_failure=None) -> _SignInAwareSessions:
         interface = FileSystemSessions(app, config["SESSION_FILE_DIR"], **common)
     interface.pending_lifetime = timedelta(seconds=config["PENDING_SIGN_IN_LIFETIME_SECONDS"])
     interface.on_write_failure = on_write_failure
+    interface.cipher = SessionCipher(config["SECRET_KEY"], config.get("SECRET_KEY_FALLBACKS") or ())
     app.session_interface = interface
     return interface

@@ -242,14 +242,17 @@ def client(app):
 class AuthActions:
     """Signs in and out through the app's real routes, like the Flask tutorial's `auth`."""
 
-    def __init__(self, client, fake: FakeEntra, redirect_path: str = "/getAToken"):
+    def __init__(self, client, fake: FakeEntra, redirect_path: str = "/getAToken",
+                 base_url: str = "http://localhost"):
         self.client = client
         self.fake = fake
         self.redirect_path = redirect_path
+        self.base_url = base_url  # https://localhost: the cookies get their __Host- names
 
     def start(self, next_path: str | None = None) -> dict:
         """GET /login; return the authorize request's query parameters."""
-        response = self.client.get("/login", query_string={"next": next_path} if next_path else None)
+        response = self.client.get("/login", query_string={"next": next_path} if next_path else None,
+                                   base_url=self.base_url)
         assert response.status_code == 302, response.get_data(as_text=True)
         location = response.headers["Location"]
         assert location.startswith(FakeEntra.authorize_endpoint)
@@ -258,7 +261,7 @@ class AuthActions:
         return params
 
     def callback(self, **params):
-        return self.client.get(self.redirect_path, query_string=params)
+        return self.client.get(self.redirect_path, query_string=params, base_url=self.base_url)
 
     def sign_in(self, next_path: str | None = None):
         params = self.start(next_path)
@@ -268,12 +271,13 @@ class AuthActions:
         return response
 
     def csrf_token(self, path: str = "/") -> str:
-        match = CSRF_RE.search(self.client.get(path).get_data(as_text=True))
+        match = CSRF_RE.search(self.client.get(path, base_url=self.base_url).get_data(as_text=True))
         assert match, "no CSRF token on the page"
         return match.group(1)
 
     def sign_out(self):
-        return self.client.post("/logout", data={"csrf_token": self.csrf_token()})
+        return self.client.post("/logout", data={"csrf_token": self.csrf_token()}, base_url=self.base_url,
+                                headers={"Referer": f"{self.base_url}/"})
 
 
 @pytest.fixture
@@ -287,8 +291,18 @@ def home_page_shows_signed_in(client) -> bool:
 
 
 def session_cookie(response) -> str | None:
+    """The Set-Cookie of the server-side session's id (either name), or None."""
+    return _set_cookie(response, ("session=", "__Host-session="))
+
+
+def pending_cookie(response) -> str | None:
+    """The Set-Cookie of the pending sign-in's sealed cookie (either name), or None."""
+    return _set_cookie(response, ("signin_pending=", "__Host-signin_pending="))
+
+
+def _set_cookie(response, prefixes) -> str | None:
     for header in response.headers.getlist("Set-Cookie"):
-        if header.startswith("session="):
+        if header.startswith(prefixes):
             return header
     return None
 

@@ -204,8 +204,11 @@ def test_sign_in_and_sign_out_over_https(browser, https_app, fresh_stand_in):
         page.get_by_role("button", name=re.compile(re.escape(PRIYA["displayName"]))).click()
         page.wait_for_url(f"{https_app.url}/")
         expect(header(page)).to_contain_text(f"Signed in as {PRIYA['displayName']}")
-        cookie = next(c for c in context.cookies() if c["name"] == "session")
-        assert cookie["secure"] and cookie["httpOnly"] and cookie["sameSite"] == "Lax"
+        # __Host-: the browser lets no other origin (a sibling subdomain, plain http) set it.
+        cookie = next(c for c in context.cookies() if c["name"] == "__Host-session")
+        assert cookie["secure"] and cookie["httpOnly"] and cookie["sameSite"] == "Lax" and cookie["path"] == "/"
+        assert "domain" not in cookie or not cookie["domain"].startswith(".")
+        assert not [c for c in context.cookies() if "signin_pending" in c["name"]]  # dropped at sign-in
 
         header(page).get_by_role("button", name="Sign out").click()
         expect(page.get_by_role("heading", name="You signed out of your account")).to_be_visible()

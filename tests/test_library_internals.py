@@ -102,13 +102,13 @@ def test_flask_session_saves_through_upsert_session_and_deletes_through_delete_s
     assert "self._generate_sid(self.sid_length)" in regenerate
 
 
-def test_flask_session_opens_a_new_session_for_an_id_the_store_does_not_have(client):
-    # sessions._loaded_from_store relies on it: a stored session keeps the cookie's id.
-    open_session = inspect.getsource(flask_session.base.ServerSideSessionInterface.open_session)
-    assert "saved_session_data = self._retrieve_session_data(store_id)" in open_session
+def test_flask_session_regenerate_and_store_ids_are_what_sessions_py_builds_on(app, client, auth):
+    # sessions.py opens sessions itself, through _retrieve_session_data and _get_store_id.
     client.set_cookie("session", "planted-by-someone-else")
-    client.get("/login")
-    assert client.get_cookie("session").value != "planted-by-someone-else"
+    auth.sign_in()
+    sid = client.get_cookie("session").value
+    assert sid != "planted-by-someone-else"
+    assert app.session_interface._get_store_id(sid) == app.config["SESSION_KEY_PREFIX"] + sid
 
 
 # --- cachelib -------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from app import create_app
-from conftest import ME, fast_config, session_cookie
+from conftest import ME, AuthActions, fast_config, pending_cookie, session_cookie
 from live import CSRF_RE
 
 PAGES = ["/", "/login", "/logout", "/healthz", "/call_downstream_api", "/getAToken", "/no-such-page",
@@ -35,17 +35,22 @@ def test_pages_with_personal_data_are_not_cached(client, auth):
         assert client.get(path).headers["Cache-Control"] == "no-store"
 
 
-def test_session_cookie_is_httponly_samesite_lax_and_not_secure_over_http(client, auth):
-    cookie = session_cookie(client.get("/login"))
-    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" not in cookie
+def test_cookies_are_httponly_samesite_lax_and_not_secure_over_http(client, auth):
+    pending = pending_cookie(client.get("/login"))
+    assert pending.startswith("signin_pending=")
+    assert "HttpOnly" in pending and "SameSite=Lax" in pending and "Secure" not in pending
+    signed_in = session_cookie(auth.sign_in())
+    assert signed_in.startswith("session=")
+    assert "HttpOnly" in signed_in and "SameSite=Lax" in signed_in and "Secure" not in signed_in
 
 
-def test_session_cookie_is_secure_over_https(app):
-    client = app.test_client()
+def test_cookies_over_https_are_secure_host_prefixed_and_bound_to_this_origin(client, fake_entra):
+    auth = AuthActions(client, fake_entra, base_url="https://localhost")
     response = client.get("/login", base_url="https://localhost")
-    cookie = session_cookie(response)
-    assert "Secure" in cookie and "HttpOnly" in cookie
     assert response.headers["Strict-Transport-Security"].startswith("max-age=")
+    for cookie in (pending_cookie(response), session_cookie(auth.sign_in())):
+        assert cookie.startswith("__Host-")  # a browser refuses it from any other origin
+        assert "Secure" in cookie and "HttpOnly" in cookie and "Path=/" in cookie and "Domain" not in cookie
 
 
 def test_the_session_lives_on_the_server_not_in_the_cookie(client, auth):
@@ -77,7 +82,7 @@ def test_proxy_headers_are_ignored_unless_a_proxy_count_is_set(tmp_path, fake_en
     behind_proxy = create_app(fast_config(tmp_path, PROXY_COUNT=1)).test_client()
     response = behind_proxy.get("/login", headers={"X-Forwarded-Proto": "https", "X-Forwarded-Host": "app.example"})
     assert "redirect_uri=https%3A%2F%2Fapp.example%2FgetAToken" in response.headers["Location"]
-    assert "Secure" in session_cookie(response)
+    assert "Secure" in pending_cookie(response) and pending_cookie(response).startswith("__Host-")
 
 
 def test_behind_a_proxy_forwarded_prefix_and_port_from_the_client_change_nothing(tmp_path, fake_entra):
@@ -128,9 +133,9 @@ def test_cross_site_get_changes_no_state(client, auth):
     assert "Signed in as" in client.get("/").get_data(as_text=True)
 
 
-def test_sign_out_over_https_works_with_the_referer_browsers_send_under_our_policy(client, auth):
+def test_sign_out_over_https_works_with_the_referer_browsers_send_under_our_policy(client, fake_entra):
     # Referrer-Policy: same-origin makes a browser send this page's URL with the form.
-    auth.sign_in()
+    AuthActions(client, fake_entra, base_url="https://localhost").sign_in()
     home = client.get("/", base_url="https://localhost").get_data(as_text=True)
     token = CSRF_RE.search(home).group(1)
     response = client.post("/logout", data={"csrf_token": token}, base_url="https://localhost",
@@ -140,8 +145,8 @@ def test_sign_out_over_https_works_with_the_referer_browsers_send_under_our_poli
 
 
 @pytest.mark.parametrize("referer", [None, "https://evil.example/", "http://localhost/", "https://localhost.evil.example/"])
-def test_sign_out_over_https_from_another_origin_is_refused(client, auth, referer):
-    auth.sign_in()
+def test_sign_out_over_https_from_another_origin_is_refused(client, fake_entra, referer):
+    AuthActions(client, fake_entra, base_url="https://localhost").sign_in()
     home = client.get("/", base_url="https://localhost").get_data(as_text=True)
     token = CSRF_RE.search(home).group(1)
     response = client.post("/logout", data={"csrf_token": token}, base_url="https://localhost",
@@ -284,3 +289,41 @@ def test_a_malformed_cookie_header_is_a_signed_out_visitor_not_an_error(app, coo
     assert status.startswith("200")
     assert "Signed in as" not in b"".join(body).decode()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+# --- cookies tossed in by another origin ----------------------------------------------
+
+
+def test_a_tossed_session_cookie_next_to_the_real_one_signs_nobody_in(app, fake_entra):
+    attacker, victim = app.test_client(), app.test_client()
+    AuthActions(attacker, fake_entra).sign_in()
+    AuthActions(victim, fake_entra).sign_in()
+    attackers_sid = attacker.get_cookie("session").value
+    victims_sid = victim.get_cookie("session").value
+    for header in (f"session={attackers_sid}; session={victims_sid}",
+                   f"session={victims_sid}; session={attackers_sid}"):
+        browser = app.test_client()
+        home = browser.get("/", headers={"Cookie": header})
+        assert "Signed in as" not in home.get_data(as_text=True)  # neither of them
+        login = browser.get("/login", headers={"Cookie": header})
+        assert attackers_sid not in str(login.headers) and victims_sid not in str(login.headers)
+
+
+def test_a_tossed_pending_sign_in_cookie_is_not_used(app, fake_entra):
+    attacker = app.test_client()
+    params = AuthActions(attacker, fake_entra).start()
+    pending = attacker.get_cookie("signin_pending").value
+    browser = app.test_client()
+    response = browser.get("/getAToken", query_string={"code": "c", "state": params["state"]},
+                           headers={"Cookie": f"signin_pending={pending}; signin_pending={pending}"})
+    assert response.status_code == 400 and "Sign-in could not be completed" in response.get_data(as_text=True)
+
+
+def test_over_https_a_cookie_without_the_host_prefix_is_ignored(app, fake_entra):
+    # Plain http (or a sibling subdomain) can set "session", never "__Host-session".
+    attacker = app.test_client()
+    AuthActions(attacker, fake_entra).sign_in()
+    browser = app.test_client()
+    home = browser.get("/", base_url="https://localhost",
+                       headers={"Cookie": f"session={attacker.get_cookie('session').value}"})
+    assert "Signed in as" not in home.get_data(as_text=True)

@@ -33,10 +33,13 @@ def test_unwritable_session_directory_gives_503_pages_and_healthz_says_why(tmp_p
     # The read already fails (the session file's path is under a file now); either way the reason is named.
     assert health.json["session_store"].split(":")[0] in ("NotADirectoryError", "OSError")
 
-    login = client.get("/login")  # starting a sign-in must be stored to be of any use
-    assert login.status_code == 503
-    assert "Sessions unavailable" in login.get_data(as_text=True)
-    assert "Location" not in login.headers
+    # Starting a sign-in stores nothing (it travels in its own cookie); finishing it must
+    # store the signed-in session, and says so when it can't.
+    params = AuthActions(client, fake_entra).start()
+    callback = client.get("/getAToken", query_string={"code": "c", "state": params["state"]})
+    assert callback.status_code == 503
+    assert "Sessions unavailable" in callback.get_data(as_text=True)
+    assert "Location" not in callback.headers and session_cookie(callback) is None
 
 
 # --- several workers on one session directory ------------------------------------------
@@ -188,9 +191,9 @@ def test_a_token_refresh_of_a_session_still_stored_is_written_back(app, client, 
 
 def test_the_losing_duplicate_of_a_sign_in_callback_sends_no_cookie_deletion(app, client, auth):
     params = auth.start()
-    old_sid = client.get_cookie("session").value
+    pending = client.get_cookie("signin_pending").value
     interface = app.session_interface
-    with app.test_request_context("/getAToken", headers={"Cookie": f"session={old_sid}"}):
+    with app.test_request_context("/getAToken", headers={"Cookie": f"signin_pending={pending}"}):
         duplicate = interface.open_session(app, flask.request)  # the same callback, sent twice
         assert "_auth_flow" in duplicate
         assert auth.callback(code="c", state=params["state"]).status_code == 302  # the other one wins

@@ -63,13 +63,14 @@ def test_sign_in_ignores_a_next_link_that_is_not_a_same_origin_path(auth, next_p
     assert response.headers["Location"] == "/"
 
 
-def test_sign_in_gives_a_new_session_id(client, auth):
-    auth.start()
+def test_sign_in_gives_a_new_session_id(app, client, auth):
+    auth.sign_in()
     before = client.get_cookie("session").value
-    params = auth.start()
-    response = auth.callback(code="c", state=params["state"])
+    response = auth.sign_in()  # again, in the same browser
     after = session_cookie(response)
     assert after and before not in after
+    with app.test_request_context():
+        assert app.session_interface._retrieve_session_data(app.session_interface._get_store_id(before)) is None
 
 
 @pytest.mark.parametrize(("error", "status", "title"), [
@@ -403,3 +404,37 @@ def test_failed_sign_in_as_someone_else_keeps_the_previous_sign_in(client, auth,
     assert auth.callback(code="c", state=params["state"]).status_code == 400
     assert ME["displayName"] in client.get("/").get_data(as_text=True)
     assert client.get("/call_downstream_api").status_code == 200
+
+
+@pytest.mark.parametrize("client_info", ["!", "MQ", "eyJ1aWQiOiJ4In0", "%%%"])
+def test_a_damaged_client_info_is_a_400_and_the_sign_in_can_still_complete(client, auth, fake_entra, caplog,
+                                                                            client_info):
+    # MSAL decodes client_info before it checks the state; no token request is made, so this
+    # is a damaged callback (400), not an identity provider that answered badly (502).
+    params = auth.start()
+    with caplog.at_level(logging.WARNING):
+        response = auth.callback(code="c1", state=params["state"], client_info=client_info)
+    if client_info == "eyJ1aWQiOiJ4In0":  # valid JSON: MSAL accepts it, the sign-in completes
+        assert response.status_code == 302
+        return
+    assert response.status_code == 400
+    assert "Sign-in could not be completed" in response.get_data(as_text=True)
+    assert not fake_entra.token_calls()
+    assert any("parameter is damaged" in r.getMessage() for r in caplog.records)
+    assert not any("not JSON" in r.getMessage() for r in caplog.records)
+    # The pending sign-in was not lost: the genuine callback still completes it.
+    assert auth.callback(code="c2", state=params["state"]).status_code == 302
+
+
+@pytest.mark.parametrize(("body", "content_type"), [
+    ("<html>maintenance</html>", "text/html"), ("[1, 2]", "application/json"),
+    ('{"token_type": "Bearer"}', "application/json"),  # no access_token
+    ('{"access_token": "x", "token_type": "Bearer"}', "application/json"),  # no id_token at sign-in
+])
+def test_a_token_answer_that_is_not_what_oauth_promises_is_a_502(client, auth, fake_entra, body, content_type):
+    params = auth.start()
+    fake_entra.rsps.replace("POST", fake_entra.token_endpoint, body=body, content_type=content_type)
+    response = auth.callback(code="c1", state=params["state"])
+    assert response.status_code == 502
+    assert "answered something unexpected" in response.get_data(as_text=True)
+    assert len(fake_entra.token_calls()) == 1
