@@ -39,6 +39,10 @@ def parse_args(argv=None):
     parser.add_argument("--redirect-uri", action="append", dest="redirect_uris", metavar="URI",
                         help="a registered redirect URI (repeatable; default: http://localhost:5000/getAToken"
                              " and http://127.0.0.1:5000/getAToken)")
+    parser.add_argument("--frontchannel-logout-uri", action="append", dest="frontchannel_logout_uris",
+                        metavar="URI", default=[],
+                        help="an app's front-channel logout URL, loaded with ?sid= when a session ends"
+                             " (repeatable; default: none)")
     parser.add_argument("--write-env", metavar="PATH", help="also write the KEY=value lines to PATH")
     parser.add_argument("--ready-file", metavar="PATH",
                         help="create PATH once every listener accepts connections (removed on exit)")
@@ -60,7 +64,8 @@ def main(argv=None):
                         format="%(asctime)s local_entra %(message)s")
     kwargs = {"redirect_uris": args.redirect_uris} if args.redirect_uris else {}
     standin = StandIn(front_port=args.front_port, idp_port=args.idp_port, graph_port=args.graph_port,
-                      access_token_lifetime=args.access_token_lifetime, **kwargs)
+                      access_token_lifetime=args.access_token_lifetime,
+                      frontchannel_logout_uris=args.frontchannel_logout_uris, **kwargs)
     try:
         standin.start()
     except OSError as exc:
@@ -76,6 +81,9 @@ def main(argv=None):
         print(lines, end="", flush=True)
         print(f"# sign-in pages: {standin.front_url}  (registered redirect URIs: "
               f"{', '.join(standin.redirect_uris)})", file=sys.stderr, flush=True)
+        if standin.frontchannel_logout_uris:
+            print(f"# front-channel logout URIs: {', '.join(standin.frontchannel_logout_uris)}",
+                  file=sys.stderr, flush=True)
         if args.write_env:
             _write_atomically(args.write_env, lines)
         if args.ready_file:

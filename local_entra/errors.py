@@ -10,11 +10,12 @@ def _now():
     return datetime.now(UTC)
 
 
-def entra_error(error, description, status=400, code=None):
+def entra_error(error, description, status=400, code=None, **extra):
     """A token-endpoint error response as Entra sends it.
 
     ``description`` should start with an ``AADSTSnnnn:`` code like Entra's;
     the trace and correlation ids are appended the same way Entra does.
+    ``extra`` adds members some errors carry (``suberror``, ``claims``, ``error_uri``).
     """
     trace_id, correlation_id = str(uuid.uuid4()), str(uuid.uuid4())
     timestamp = _now().strftime("%Y-%m-%d %H:%M:%SZ")
@@ -31,6 +32,7 @@ def entra_error(error, description, status=400, code=None):
         "timestamp": timestamp,
         "trace_id": trace_id,
         "correlation_id": correlation_id,
+        **extra,
     }
     response = jsonify(body)
     response.status_code = status

@@ -1,19 +1,26 @@
-"""The browser-facing pages: account picker (authorize), end-session, and /_test controls.
+"""The browser-facing pages: account picker (authorize) and /_test controls.
 
 Plain http on loopback, so a browser shows no certificate warning. Every
 page is server-rendered with no script, and styled by our own stylesheet.
+Signing out (end-session, front-channel logout) lives in ``signout``.
 """
 
 import uuid
 from urllib.parse import urlencode, urlsplit
 
-from flask import Flask, abort, jsonify, redirect, render_template, request, url_for
+from flask import Flask, abort, jsonify, make_response, redirect, render_template, request, url_for
 
+from . import sso
+from .signout import add_sign_out_routes
 from .users import USERS, find_user
+from .web import CONTENT_SECURITY_POLICY
 
 # The error page's heading and the status a browser gets when Entra would
 # refuse to redirect (unknown app, unregistered reply URL).
 _ERROR_TITLE = "Sorry, but we're having trouble signing you in."
+
+# Prompts that ask for the account question even when a hint names the user.
+_ASK_ANYWAY_PROMPTS = {"login", "select_account"}
 
 
 def create_front_app(standin):
@@ -32,6 +39,8 @@ def create_front_app(standin):
     def authorize(tenant):
         standin.store.count("authorize")
         args = request.args
+        standin.record_request("authorize", client_id=args.get("client_id"), prompt=args.get("prompt"),
+                               login_hint=args.get("login_hint"), claims=args.get("claims"))
         if not standin.is_tenant(tenant):
             return error_page(f"AADSTS90002: Tenant '{tenant}' not found.")
         client_id = args.get("client_id")
@@ -69,9 +78,7 @@ def create_front_app(standin):
                         " send a code_challenge.")
         if args.get("code_challenge_method") != "S256":
             return fail("AADSTS501491: Invalid code_challenge_method: only 'S256' is accepted.")
-        # The validated request stays on the server; the form carries only its
-        # id, so the browser cannot alter the client, reply URL or challenge.
-        request_id = standin.store.add_pending({
+        validated = {
             "redirect_uri": redirect_uri,
             "response_mode": response_mode,
             "state": state,
@@ -79,13 +86,22 @@ def create_front_app(standin):
             "nonce": args.get("nonce"),
             "code_challenge": args["code_challenge"],
             "client_id": client_id,
-        })
-        # `prompt` is accepted but the picker always shows: there is no SSO
-        # session to skip it with, and a visible choice keeps tests explicit.
+            "claims": args.get("claims"),
+        }
+        # A hint that names a user signs them in with no account question, as Entra
+        # does for a hinted user it knows (there is no password to ask for here).
+        hinted = sso.user_for_hint(args.get("login_hint"), standin.tenant_id)
+        if hinted is not None and not set(args.get("prompt", "").split()) & _ASK_ANYWAY_PROMPTS:
+            return _complete_sign_in(standin, validated, hinted)
+        # The validated request stays on the server; the form carries only its
+        # id, so the browser cannot alter the client, reply URL or challenge.
+        request_id = standin.store.add_pending(validated)
+        _, session = sso.current(standin)
         return render_template(
             "picker.html",
             title="Pick an account",
             users=USERS,
+            signed_in_id=session and session["user_id"],
             request_id=request_id,
             client_id=client_id,
             action=url_for("pick", tenant=tenant),
@@ -99,47 +115,23 @@ def create_front_app(standin):
         if pending is None:
             return error_page("AADSTS90015: This sign-in request has expired or was already"
                               " used. Go back to the application and sign in again.")
-        answer = {"state": pending["state"]}
         if "cancel" in request.form:
-            answer = {
+            return _back_to_client(pending["redirect_uri"], pending["response_mode"], {
                 "error": "access_denied",
                 "error_subcode": "cancel",
                 "error_description": "AADSTS65004: User declined to consent to access the app.",
-                **answer,
-            }
-        else:
-            user = find_user(request.form.get("user_id"))
-            if user is None:
-                return error_page("AADSTS50034: The user account does not exist in this directory.")
-            code = standin.store.add_code({
-                "client_id": pending["client_id"],
-                "redirect_uri": pending["redirect_uri"],
-                "code_challenge": pending["code_challenge"],
-                "nonce": pending["nonce"],
-                "scopes": pending["scopes"],
-                "user_id": user["id"],
+                "state": pending["state"],
             })
-            answer = {"code": code, **answer, "session_state": str(uuid.uuid4())}
-        return _back_to_client(pending["redirect_uri"], pending["response_mode"], answer)
+        user = find_user(request.form.get("user_id"))
+        if user is None:
+            return error_page("AADSTS50034: The user account does not exist in this directory.")
+        return _complete_sign_in(standin, pending, user)
 
-    @app.get("/<tenant>/oauth2/v2.0/logout")
-    def logout(tenant):
-        standin.store.count("logout")
-        if not standin.is_tenant(tenant):
-            return error_page(f"AADSTS90002: Tenant '{tenant}' not found.")
-        target = request.args.get("post_logout_redirect_uri")
-        # Offer the way back only to an origin the app registered: otherwise
-        # this page would be a link-laundering service for anyone.
-        back = target if target and origin(target) in standin.registered_origins() else None
-        return render_template("signed_out.html", title="You signed out of your account", back=back)
+    add_sign_out_routes(app, standin, error_page)
 
     @app.after_request
     def security_headers(response):
-        # The pages run no script and embed nothing; say so to the browser.
-        response.headers.setdefault(
-            "Content-Security-Policy",
-            "default-src 'none'; style-src 'self'; img-src 'self'; form-action *; frame-ancestors 'none'",
-        )
+        response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
         if request.endpoint != "static":
@@ -154,13 +146,25 @@ def _initials(user):
     return (user["givenName"][:1] + user["surname"][:1]).upper()
 
 
-def origin(url):
-    parts = urlsplit(url)
-    try:
-        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
-    except ValueError:
-        return None
-    return (parts.scheme.lower(), (parts.hostname or "").lower(), port)
+def _complete_sign_in(standin, pending, user):
+    """Send ``user`` back to the app with a code, from this browser's session as them."""
+    cookie, session = sso.session_for(standin, user)
+    code = standin.store.add_code({
+        "client_id": pending["client_id"],
+        "redirect_uri": pending["redirect_uri"],
+        "code_challenge": pending["code_challenge"],
+        "nonce": pending["nonce"],
+        "scopes": pending["scopes"],
+        "claims": pending["claims"],
+        "user_id": user["id"],
+        "sid": session["sid"],
+    })
+    # Front-channel logout later tells the apps that got codes from this session.
+    standin.store.note_sign_in(cookie, pending["redirect_uri"])
+    answer = {"code": code, "state": pending["state"], "session_state": str(uuid.uuid4())}
+    response = make_response(_back_to_client(pending["redirect_uri"], pending["response_mode"], answer))
+    sso.remember(response, cookie)
+    return response
 
 
 def _back_to_client(redirect_uri, response_mode, params):
@@ -240,6 +244,27 @@ def _add_test_controls(app, standin):
     def test_reset_counters():
         body()
         standin.reset_counters()
+        return jsonify(ok=True)
+
+    @app.get("/_test/requests")
+    def test_requests():
+        body()
+        return jsonify(standin.recorded_requests)
+
+    @app.post("/_test/cae_revoke")
+    def test_cae_revoke():
+        revoked_at = standin.cae_revoke(**_pick(body(), "at"))
+        return jsonify(ok=True, revoked_at=revoked_at)
+
+    @app.post("/_test/cae_clear")
+    def test_cae_clear():
+        body()
+        standin.cae_clear()
+        return jsonify(ok=True)
+
+    @app.post("/_test/step_up")
+    def test_step_up():
+        standin.require_step_up(**_pick(body(), "error"))
         return jsonify(ok=True)
 
 

@@ -7,6 +7,7 @@ import uuid
 import jwt
 from flask import Flask, Response, request
 
+from . import claims as claims_request
 from .errors import graph_error_body
 from .tokens import GRAPH_AUDIENCES
 from .users import find_user
@@ -29,6 +30,10 @@ _FAULT_CODES = {
     503: "serviceNotAvailable",
     504: "GatewayTimeout",
 }
+CAE_CHALLENGE_MESSAGE = (
+    "Continuous access evaluation resulted in challenge with result: InteractionRequired"
+    " and code: LocationConditionEvaluationSatisfied"
+)
 
 
 def create_graph_app(standin):
@@ -60,6 +65,16 @@ def create_graph_app(standin):
             f' error_description="{message}"'
         )
         return error(401, "InvalidAuthenticationToken", message, {"WWW-Authenticate": challenge})
+
+    def cae_challenge(revoked_at):
+        # Graph's own spelling, order included; it names the global authority and
+        # itself, whatever authority the app uses.
+        challenge = (
+            'Bearer realm="", authorization_uri="https://login.microsoftonline.com/common/oauth2/authorize",'
+            f' client_id="{GRAPH_AUDIENCES[0]}", error_description="{CAE_CHALLENGE_MESSAGE}",'
+            f' error="insufficient_claims", claims="{claims_request.cae_challenge_header_value(revoked_at)}"'
+        )
+        return error(401, "InvalidAuthenticationToken", CAE_CHALLENGE_MESSAGE, {"WWW-Authenticate": challenge})
 
     @app.before_request
     def count_and_inject():
@@ -97,6 +112,9 @@ def create_graph_app(standin):
             return unauthorized("Access token validation failure. Invalid signature.")
         except jwt.InvalidTokenError:
             return unauthorized("IDX14100: JWT is not well formed or failed validation.")
+        revoked_at = standin.store.cae_revoked_at
+        if revoked_at is not None and _needs_cae_challenge(claims, revoked_at):
+            return cae_challenge(revoked_at)
         scopes = {s.lower().removeprefix("https://graph.microsoft.com/") for s in claims.get("scp", "").split()}
         if not scopes & {"user.read", "user.readwrite", "user.read.all", "user.readwrite.all", "directory.read.all"}:
             return error(403, "Authorization_RequestDenied", "Insufficient privileges to complete the operation.")
@@ -118,3 +136,11 @@ def create_graph_app(standin):
         return error(405, "Request_BadRequest", "Specified HTTP method is not allowed for the request target.")
 
     return app
+
+
+def _needs_cae_challenge(claims, revoked_at):
+    """After a CAE event Graph re-checks the tokens of clients that can take a challenge
+    (cp1) and were issued before it or not in answer to it; other tokens live to expiry."""
+    if claims_request.CLIENT_CAPABILITY_CAE not in claims.get("xms_cc", ()):
+        return False
+    return claims["iat"] < revoked_at or claims.get(claims_request.CAE_ANSWERED_CLAIM, -1) < revoked_at

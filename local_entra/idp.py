@@ -9,8 +9,10 @@ from urllib.parse import unquote
 
 from flask import Flask, jsonify, request
 
+from . import claims
 from .errors import entra_error
-from .tokens import client_info, pkce_s256
+from .sso import login_hint
+from .tokens import GRAPH_APP_ID, client_info, pkce_s256
 from .users import find_user
 
 # Scopes that ask for sign-in data rather than access to a resource. They are
@@ -54,6 +56,8 @@ def create_idp_app(standin):
 
     @app.post("/<tenant>/oauth2/v2.0/token")
     def token(tenant):
+        standin.record_request("token", grant_type=request.form.get("grant_type"),
+                               claims=request.form.get("claims"))
         fault = standin.store.take_token_fault()
         if fault is not None:
             return entra_error(fault["error"], fault["description"], fault["status"])
@@ -163,10 +167,21 @@ def _redeem_code(standin):
     # MSAL sends the scopes again on redemption; honour them when present, as
     # Entra v2 does, so every scope the client asked for shows as granted.
     scopes = form.get("scope", "").split() or grant["scopes"]
-    return _token_response(standin, grant["user_id"], scopes, nonce=grant.get("nonce"))
+    # The sign-in's own claims count with the redemption's: MSAL sends a claims
+    # challenge on both, and a policy (step-up) is satisfied by the sign-in.
+    sent = (grant.get("claims"), form.get("claims"))
+    lineage = {
+        "sid": grant["sid"],
+        "stepped_up": claims.STEP_UP_POLICY_ID in claims.policy_ids(grant.get("claims")),
+        "cae_nbf": _answered_nbf(None, sent),
+    }
+    return _token_response(standin, grant["user_id"], scopes, grant.get("nonce"), lineage, sent)
 
 
 def _refresh(standin):
+    refused = _step_up_refusal(standin, request.form.get("refresh_token"))
+    if refused is not None:
+        return refused
     grant, problem = standin.store.use_refresh_token(request.form.get("refresh_token"))
     if problem == "unknown":
         return _invalid_grant("AADSTS9002313: Invalid request. Request is malformed or invalid."
@@ -181,11 +196,46 @@ def _refresh(standin):
         return _invalid_grant("AADSTS700005: Provided Authorization Code is intended to use"
                               " against other client.")
     scopes = request.form.get("scope", "").split() or grant["scopes"]
+    sent = (request.form.get("claims"),)
+    # A refresh token carries its sign-in's session and what that sign-in satisfied.
+    lineage = {
+        "sid": grant["sid"],
+        "stepped_up": grant["stepped_up"],
+        "cae_nbf": _answered_nbf(grant["cae_nbf"], sent),
+    }
     # A refreshed id token carries no nonce: no authorize request preceded it.
-    return _token_response(standin, grant["user_id"], scopes, nonce=None)
+    return _token_response(standin, grant["user_id"], scopes, None, lineage, sent)
 
 
-def _token_response(standin, user_id, scopes, nonce):
+def _answered_nbf(inherited, sent):
+    """The latest CAE challenge answered so far: by the grant's lineage or in this request."""
+    answered = [value for value in (inherited, *map(claims.answered_nbf, sent)) if value is not None]
+    return max(answered, default=None)
+
+
+def _step_up_refusal(standin, refresh_token):
+    """While MFA step-up is required, a refresh token from a sign-in without it is refused.
+
+    The token is only looked at, not used up: Entra keeps it valid, and the
+    client may use it once the user has signed in again with the policy's claims.
+    """
+    error = standin.store.step_up_error
+    grant = standin.store.peek_refresh_token(refresh_token) if error else None
+    if grant is None or grant["stepped_up"]:
+        return None
+    return entra_error(
+        error,
+        "AADSTS50076: Due to a configuration change made by your administrator, or because you moved"
+        f" to a new location, you must use multi-factor authentication to access '{GRAPH_APP_ID}'.",
+        suberror="basic_action",
+        claims=claims.step_up_challenge(),
+        error_uri="https://login.microsoftonline.com/error?code=50076",
+    )
+
+
+def _token_response(standin, user_id, scopes, nonce, lineage, sent):
+    """Tokens for ``user_id``; ``lineage`` is what the new refresh token inherits
+    (sid, stepped_up, cae_nbf); ``sent`` the raw claims of the sign-in and this request."""
     user = find_user(user_id)
     if user is None:  # cannot happen unless USERS was edited while running
         return _invalid_grant("AADSTS50020: User account does not exist in tenant.")
@@ -193,7 +243,7 @@ def _token_response(standin, user_id, scopes, nonce):
     # Tokens without resource scopes default to Graph's User.Read, as Entra does.
     scp = " ".join(_bare(s) for s in resource_scopes) or "User.Read"
     now = int(time.time())
-    access_token = standin.key.sign({
+    access_claims = {
         "aud": standin.graph_audience,
         "iss": standin.issuer,
         "iat": now,
@@ -216,7 +266,12 @@ def _token_response(standin, user_id, scopes, nonce):
         "unique_name": user["userPrincipalName"],
         "uti": secrets.token_urlsafe(16),
         "ver": "2.0",
-    })
+    }
+    if any(map(claims.declares_cae, sent)):
+        access_claims["xms_cc"] = [claims.CLIENT_CAPABILITY_CAE]
+    if lineage["cae_nbf"] is not None:
+        access_claims[claims.CAE_ANSWERED_CLAIM] = lineage["cae_nbf"]
+    hint = login_hint(user["id"], standin.tenant_id)
     id_claims = {
         "aud": standin.client_id,
         "iss": standin.issuer,
@@ -227,7 +282,9 @@ def _token_response(standin, user_id, scopes, nonce):
         "name": user["displayName"],
         "oid": user["id"],
         "preferred_username": user["userPrincipalName"],
+        "login_hint": hint,
         "rh": secrets.token_urlsafe(16),
+        "sid": lineage["sid"],
         "sub": standin.pairwise_sub(user, standin.client_id),
         "tid": standin.tenant_id,
         "uti": secrets.token_urlsafe(16),
@@ -236,7 +293,7 @@ def _token_response(standin, user_id, scopes, nonce):
     if nonce:
         id_claims["nonce"] = nonce
     refresh_token = standin.store.add_refresh_token(
-        {"user_id": user["id"], "client_id": standin.client_id, "scopes": scopes}
+        {"user_id": user["id"], "client_id": standin.client_id, "scopes": scopes, **lineage}
     )
     response = jsonify({
         "token_type": "Bearer",
@@ -246,7 +303,7 @@ def _token_response(standin, user_id, scopes, nonce):
         "scope": " ".join(s for s in scopes if s.lower() != "offline_access") or scp,
         "expires_in": standin.access_token_lifetime,
         "ext_expires_in": standin.access_token_lifetime,
-        "access_token": access_token,
+        "access_token": standin.key.sign(access_claims),
         "refresh_token": refresh_token,
         "id_token": standin.key.sign(id_claims),
         "client_info": client_info(user["id"], standin.tenant_id),

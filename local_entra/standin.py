@@ -11,12 +11,13 @@ import time
 import trustme
 
 from . import tokens
-from .front import create_front_app, origin
+from .front import create_front_app
 from .graph import create_graph_app
 from .idp import create_idp_app
 from .servers import Listener
 from .state import Store
 from .users import find_user
+from .web import origin
 
 # Fixed demo values so `python -m local_entra` and a checked-in .env.sample
 # agree across runs. They protect nothing: the stand-in only listens on loopback.
@@ -50,10 +51,14 @@ class StandIn:
         idp_port=0,
         graph_port=0,
         testing=False,
+        frontchannel_logout_uris=(),
     ):
         self.client_id = client_id
         self.client_secret = client_secret
         self.redirect_uris = list(redirect_uris)
+        # The app's front-channel logout URLs (OIDC Front-Channel Logout 1.0): the
+        # signed-out page loads them, with ?sid=, when a browser's session ends.
+        self.frontchannel_logout_uris = list(frontchannel_logout_uris)
         self.access_token_lifetime = int(access_token_lifetime)
         self.id_token_lifetime = int(id_token_lifetime)
         self.testing = testing
@@ -200,6 +205,10 @@ class StandIn:
         if uri not in self.redirect_uris:
             self.redirect_uris.append(uri)
 
+    def register_frontchannel_logout_uri(self, uri):
+        if uri not in self.frontchannel_logout_uris:
+            self.frontchannel_logout_uris.append(uri)
+
     def pairwise_sub(self, user, audience):
         """A stable subject per (user, audience): Entra's ``sub`` is pairwise too,
         which stops apps from (wrongly) using it as a cross-app user id."""
@@ -276,8 +285,60 @@ class StandIn:
         return self.store.counters()
 
     def reset_counters(self):
+        """Zero the counters and forget the recorded requests."""
         self._require_testing()
         self.store.reset_counters()
+        self.store.clear_records()
+
+    # -- recorded requests: what the app actually sent -------------------------------
+    def record_request(self, kind, **params):
+        """Remember one request's parameters ("authorize", "token" or "logout"); testing mode only."""
+        if self.testing:
+            self.store.record(kind, params)
+
+    @property
+    def recorded_requests(self):
+        """A snapshot: {"authorize": [...], "token": [...], "logout": [...]}, oldest first."""
+        self._require_testing()
+        return self.store.records()
+
+    @property
+    def authorize_requests(self):
+        """Each authorize request's ``client_id``, ``prompt``, ``login_hint`` and raw ``claims``."""
+        return self.recorded_requests["authorize"]
+
+    @property
+    def token_requests(self):
+        """Each token request's ``grant_type`` and raw ``claims``."""
+        return self.recorded_requests["token"]
+
+    @property
+    def logout_requests(self):
+        """Each end-session request's ``method``, ``post_logout_redirect_uri``, ``client_id``, ``logout_hint``."""
+        return self.recorded_requests["logout"]
+
+    # -- Conditional Access ------------------------------------------------------------
+    def cae_revoke(self, at=None):
+        """A CAE event (say, the user moved to a new location) at ``at`` (epoch seconds, default now).
+
+        From then on Graph challenges every CAE-capable (cp1) access token that
+        was not issued in answer to this event's claims challenge. Returns the instant.
+        """
+        self._require_testing()
+        instant = int(time.time()) if at is None else int(at)
+        self.store.set_cae_revoked_at(instant)
+        return instant
+
+    def cae_clear(self):
+        self._require_testing()
+        self.store.set_cae_revoked_at(None)
+
+    def require_step_up(self, error="interaction_required"):
+        """A Conditional Access policy now requires MFA: refresh tokens from sign-ins that
+        did not claim the policy (``claims.STEP_UP_POLICY_ID`` in ``capolids``) are refused
+        with ``error`` (Entra has answered both interaction_required and invalid_grant)."""
+        self._require_testing()
+        self.store.set_step_up_error(error)
 
     def mint_access_token(self, username, scopes="User.Read", lifetime=None, **claims):
         """A Graph access token made without a sign-in, for tests (e.g. an expired

@@ -7,6 +7,8 @@ stand-in hard), so every read-modify-write here holds ``_lock``.
 import secrets
 import threading
 import time
+import uuid
+from collections import deque
 from dataclasses import dataclass, field
 
 COUNTER_NAMES = (
@@ -26,7 +28,11 @@ COUNTER_NAMES = (
 PENDING_REQUEST_TTL = 600  # seconds the account picker stays usable
 AUTH_CODE_TTL = 60  # Entra's codes live for minutes; a short life catches slow clients
 REFRESH_TOKEN_TTL = 24 * 3600
+BROWSER_SESSION_TTL = 24 * 3600
 SWEEP_INTERVAL = 5
+# Recorded requests (testing mode) kept per kind: enough for any test, bounded for the benchmark.
+RECORD_LIMIT = 1000
+RECORD_KINDS = ("authorize", "token", "logout")
 
 
 @dataclass
@@ -44,8 +50,12 @@ class Store:
         self._pending = {}  # request id -> validated authorize parameters
         self._codes = {}  # authorization code -> grant
         self._refresh = {}  # refresh token -> grant
+        self._browser_sessions = {}  # the stand-in's session cookie value -> sign-in session
+        self._records = {kind: deque(maxlen=RECORD_LIMIT) for kind in RECORD_KINDS}
         self._token_fault = None
         self._graph_fault = None
+        self._cae_revoked_at = None
+        self._step_up_error = None
         self._last_sweep = {}
 
     # -- counters -------------------------------------------------------------
@@ -73,6 +83,40 @@ class Store:
     def clear_faults(self):
         with self._lock:
             self._token_fault = self._graph_fault = None
+            self._cae_revoked_at = self._step_up_error = None
+
+    # -- Conditional Access: CAE revocation and MFA step-up ------------------------
+    @property
+    def cae_revoked_at(self):
+        """Epoch seconds of the last CAE revocation event, or None."""
+        return self._cae_revoked_at
+
+    def set_cae_revoked_at(self, instant):
+        with self._lock:
+            self._cae_revoked_at = instant
+
+    @property
+    def step_up_error(self):
+        """The OAuth error a refresh without MFA gets while step-up is required, or None."""
+        return self._step_up_error
+
+    def set_step_up_error(self, error):
+        with self._lock:
+            self._step_up_error = error
+
+    # -- recorded requests (testing mode) ----------------------------------------
+    def record(self, kind, entry):
+        with self._lock:
+            self._records[kind].append(entry)
+
+    def records(self):
+        with self._lock:
+            return {kind: [dict(entry) for entry in entries] for kind, entries in self._records.items()}
+
+    def clear_records(self):
+        with self._lock:
+            for entries in self._records.values():
+                entries.clear()
 
     def take_token_fault(self):
         with self._lock:
@@ -167,11 +211,54 @@ class Store:
             return grant, "expired"
         return grant, None
 
+    def peek_refresh_token(self, token):
+        """The grant of a usable refresh token, without using it up; None otherwise."""
+        with self._lock:
+            grant = self._refresh.get(token or "")
+            if grant is None or grant["revoked"] or grant["expires"] < time.monotonic():
+                return None
+            return dict(grant)
+
     def revoke_refresh_tokens(self, user_id=None):
         with self._lock:
             for grant in self._refresh.values():
                 if user_id is None or grant["user_id"] == user_id:
                     grant["revoked"] = True
+
+    # -- browser sign-in sessions ----------------------------------------------------
+    # The stand-in's own cookie names one of these. Its ``sid`` goes into id tokens and
+    # front-channel logout calls; ``redirect_uris`` remembers which apps got codes from it.
+    def start_browser_session(self, user_id):
+        cookie = secrets.token_urlsafe(32)
+        session = {
+            "expires": time.monotonic() + BROWSER_SESSION_TTL,
+            "sid": str(uuid.uuid4()),
+            "user_id": user_id,
+            "redirect_uris": set(),
+        }
+        with self._lock:
+            self._sweep(self._browser_sessions)
+            self._browser_sessions[cookie] = session
+            return cookie, _session_snapshot(session)
+
+    def browser_session(self, cookie):
+        with self._lock:
+            session = self._browser_sessions.get(cookie or "")
+            if session is None or session["expires"] < time.monotonic():
+                return None
+            return _session_snapshot(session)
+
+    def note_sign_in(self, cookie, redirect_uri):
+        with self._lock:
+            session = self._browser_sessions.get(cookie or "")
+            if session is not None:
+                session["redirect_uris"].add(redirect_uri)
+
+    def end_browser_session(self, cookie):
+        """Forget the session; return what it was (for front-channel logout) or None."""
+        with self._lock:
+            session = self._browser_sessions.pop(cookie or "", None)
+        return None if session is None else _session_snapshot(session)
 
     def _sweep(self, table):
         """Drop expired entries so long benchmark runs don't grow memory without bound.
@@ -185,6 +272,11 @@ class Store:
         self._last_sweep[id(table)] = now
         for key in [k for k, v in table.items() if _expiry(v) < now]:
             del table[key]
+
+
+def _session_snapshot(session):
+    """A copy callers may keep: the live entry changes under the lock."""
+    return {**session, "redirect_uris": sorted(session["redirect_uris"])}
 
 
 def _expiry(entry):

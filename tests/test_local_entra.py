@@ -7,16 +7,24 @@ the stand-in speaks the protocol the app's libraries expect.
 import base64
 import json
 import re
+import threading
 import time
+import uuid
 from html.parser import HTMLParser
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+import jwt
 import msal
 import pytest
 import requests
 
+from live import IN_CI
 from local_entra import USERS, StandIn
+from local_entra import __main__ as local_entra_cli
+from local_entra.claims import STEP_UP_POLICY_ID
+from local_entra.sso import SESSION_COOKIE
 from local_entra.tokens import pkce_s256
 
 # MSAL nudges towards form_post; identity (and so the app) uses the query mode.
@@ -70,6 +78,15 @@ def msal_app(standin, http):
     )
 
 
+@pytest.fixture
+def cae_app(standin, http):
+    """A client that declares the cp1 capability, as the app does (CLIENT_CAPABILITIES)."""
+    return msal.ConfidentialClientApplication(
+        standin.client_id, client_credential=standin.client_secret, authority=standin.settings["AUTHORITY"],
+        instance_discovery=False, http_client=http, client_capabilities=["cp1"],
+    )
+
+
 class _PickerForm(HTMLParser):
     """Collects the picker form's action, hidden fields and submit buttons."""
 
@@ -102,11 +119,60 @@ def pick_account(standin, http, auth_uri, user, cancel=False):
     return {key: values[0] for key, values in parse_qs(location.query).items()}
 
 
-def sign_in(standin, http, msal_app, user=USERS[0]):
-    flow = msal_app.initiate_auth_code_flow(SCOPES, redirect_uri=REDIRECT_URI)
+def sign_in(standin, http, msal_app, user=USERS[0], **flow_options):
+    flow = msal_app.initiate_auth_code_flow(SCOPES, redirect_uri=REDIRECT_URI, **flow_options)
     result = msal_app.acquire_token_by_auth_code_flow(flow, pick_account(standin, http, flow["auth_uri"], user))
     assert "access_token" in result, result
     return result
+
+
+def sign_in_with_hint(http, msal_app, login_hint, **flow_options):
+    """A hinted sign-in: the authorize request must come straight back with a code."""
+    flow = msal_app.initiate_auth_code_flow(SCOPES, redirect_uri=REDIRECT_URI, login_hint=login_hint,
+                                            **flow_options)
+    answer = http.get(flow["auth_uri"], allow_redirects=False)
+    assert answer.status_code == 302, "the account picker was shown"
+    query = {k: v[0] for k, v in parse_qs(urlsplit(answer.headers["Location"]).query).items()}
+    result = msal_app.acquire_token_by_auth_code_flow(flow, query)
+    assert "access_token" in result, result
+    return result
+
+
+def claims_of(token):
+    return jwt.decode(token, options={"verify_signature": False})
+
+
+def end_session_url(standin, **params):
+    return f"{standin.front_url}/{standin.tenant_id}/oauth2/v2.0/logout?{urlencode(params)}"
+
+
+class _Forms(HTMLParser):
+    """Every form on a page: its action, hidden fields and iframes' sources."""
+
+    def __init__(self):
+        super().__init__()
+        self.forms, self.iframes = [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "form":
+            self.forms.append({"action": attrs.get("action"), "fields": {}})
+        elif tag == "input" and attrs.get("type") == "hidden":
+            self.forms[-1]["fields"][attrs["name"]] = attrs.get("value", "")
+        elif tag == "iframe":
+            self.iframes.append(attrs)
+
+
+def parse_page(text):
+    page = _Forms()
+    page.feed(text)
+    return page
+
+
+def submit_only_form(standin, http, page_text):
+    """Press the one button of a page's one form (the account question, "Sign out everywhere")."""
+    (form,) = parse_page(page_text).forms
+    return http.post(standin.front_url + form["action"], data=form["fields"], allow_redirects=False)
 
 
 def raw_authorize(standin, http, verifier="v" * 50, user=USERS[0]):
@@ -383,3 +449,345 @@ def test_without_testing_there_is_no_injection():
         answer = requests.get(f"{plain.front_url}/_test/counters", timeout=5)
         assert answer.status_code == 404
         assert requests.post(f"{plain.front_url}/_test/clear", json={}, timeout=5).status_code == 404
+
+
+# --- sign-in sessions, hints and sign-out ------------------------------------------------
+
+
+def test_id_tokens_carry_the_browser_sessions_sid_and_a_login_hint(standin, http, msal_app):
+    first = sign_in(standin, http, msal_app)["id_token_claims"]
+    assert uuid.UUID(first["sid"])
+    assert first["login_hint"] and USERS[0]["userPrincipalName"] not in first["login_hint"]
+    assert http.cookies[SESSION_COOKIE] != first["sid"]  # the cookie is a secret; sid is not
+
+    refreshed = msal_app.acquire_token_silent_with_error(SCOPES, msal_app.get_accounts()[0], force_refresh=True)
+    assert refreshed["id_token_claims"]["sid"] == first["sid"]
+    assert refreshed["id_token_claims"]["login_hint"] == first["login_hint"]
+    again = sign_in(standin, http, msal_app)["id_token_claims"]  # the same browser: the same session
+    assert again["sid"] == first["sid"]
+
+    with requests.Session() as other_browser:
+        other_browser.trust_env, other_browser.verify = False, http.verify
+        elsewhere = sign_in(standin, other_browser, msal_app)["id_token_claims"]
+    assert elsewhere["sid"] != first["sid"] and elsewhere["login_hint"] == first["login_hint"]
+
+
+def test_a_login_hint_signs_the_user_in_with_no_account_question(standin, http, msal_app):
+    hint = sign_in(standin, http, msal_app, USERS[1])["id_token_claims"]["login_hint"]
+    standin.reset_counters()
+
+    by_hint = sign_in_with_hint(http, msal_app, hint)["id_token_claims"]
+    assert by_hint["oid"] == USERS[1]["id"]
+    by_upn = sign_in_with_hint(http, msal_app, USERS[2]["userPrincipalName"].upper())["id_token_claims"]
+    assert by_upn["oid"] == USERS[2]["id"] and by_upn["sid"] != by_hint["sid"]
+
+    for ask_anyway in ("select_account", "login"):
+        flow = msal_app.initiate_auth_code_flow(SCOPES, redirect_uri=REDIRECT_URI, login_hint=hint, prompt=ask_anyway)
+        assert "Pick an account" in http.get(flow["auth_uri"]).text
+    flow = msal_app.initiate_auth_code_flow(SCOPES, redirect_uri=REDIRECT_URI, login_hint="nobody@contoso.example")
+    assert "Pick an account" in http.get(flow["auth_uri"]).text
+
+    recorded = standin.authorize_requests
+    assert [r["login_hint"] for r in recorded] == [hint, USERS[2]["userPrincipalName"].upper(), hint, hint,
+                                                   "nobody@contoso.example"]
+    assert [r["prompt"] for r in recorded] == [None, None, "select_account", "login", None]
+    assert all(r["client_id"] == standin.client_id and r["claims"] is None for r in recorded)
+
+
+def test_end_session_with_the_users_logout_hint_asks_nothing(standin, http, msal_app):
+    hint = sign_in(standin, http, msal_app)["id_token_claims"]["login_hint"]
+    page = http.get(end_session_url(standin, post_logout_redirect_uri="http://localhost:5000/",
+                                    client_id=standin.client_id, logout_hint=hint))
+    assert page.status_code == 200 and "You signed out of your account" in page.text
+    assert 'href="http://localhost:5000/"' in page.text
+    assert SESSION_COOKIE not in http.cookies
+    assert standin.logout_requests == [{
+        "method": "GET", "client_id": standin.client_id, "post_logout_redirect_uri": "http://localhost:5000/",
+        "logout_hint": hint,
+    }]
+    # The session is over: the picker no longer marks anyone as signed in.
+    flow = msal_app.initiate_auth_code_flow(SCOPES, redirect_uri=REDIRECT_URI)
+    assert "Signed in" not in http.get(flow["auth_uri"]).text
+
+
+def test_end_session_without_a_hint_asks_which_account(standin, http, msal_app):
+    sign_in(standin, http, msal_app)
+    for params in ({"post_logout_redirect_uri": "http://localhost:5000/"},
+                   {"post_logout_redirect_uri": "http://localhost:5000/", "logout_hint": "someone-else"}):
+        question = http.get(end_session_url(standin, **params))
+        assert question.status_code == 200
+        assert "Which account do you want to sign out of?" in question.text
+        assert USERS[0]["displayName"] in question.text and "You signed out" not in question.text
+    assert SESSION_COOKIE in http.cookies
+
+    answer = submit_only_form(standin, http, question.text)
+    assert "You signed out of your account" in answer.text
+    assert 'href="http://localhost:5000/"' in answer.text  # the parameters survived the question
+    assert SESSION_COOKIE not in http.cookies
+    assert [(r["method"], r["logout_hint"]) for r in standin.logout_requests] == [
+        ("GET", None), ("GET", "someone-else"), ("POST", "someone-else")]
+    # Without a session there is nothing to ask about.
+    assert "You signed out" in http.get(end_session_url(standin)).text
+
+
+@pytest.fixture
+def frontchannel(standin):
+    """The app's front-channel logout URLs registered, on both of its hosts; removed afterwards."""
+    uris = ["http://localhost:5000/logout/frontchannel", "http://127.0.0.1:5000/logout/frontchannel"]
+    for uri in uris:
+        standin.register_frontchannel_logout_uri(uri)
+    yield uris
+    standin.frontchannel_logout_uris.clear()
+
+
+def test_ending_the_session_loads_the_apps_frontchannel_logout_url_with_sid(standin, http, msal_app, frontchannel):
+    claims = sign_in(standin, http, msal_app)["id_token_claims"]
+    page = http.get(end_session_url(standin, logout_hint=claims["login_hint"],
+                                    post_logout_redirect_uri="http://evil.example/"))
+    # Only the host the browser signed in on (localhost), with sid alone, as Entra sends it.
+    (frame,) = parse_page(page.text).iframes
+    assert frame["src"] == f"http://localhost:5000/logout/frontchannel?sid={claims['sid']}"
+    assert "hidden" in frame and frame["title"]
+    assert page.headers["Content-Security-Policy"] == (
+        "default-src 'none'; style-src 'self'; img-src 'self'; form-action *; frame-ancestors 'none';"
+        " frame-src http://localhost:5000")
+    assert "evil.example" not in page.text  # the way back is still for registered origins only
+
+    # A session that is over is not ended twice; other pages allow no frames.
+    again = http.get(end_session_url(standin, logout_hint=claims["login_hint"]))
+    assert not parse_page(again.text).iframes and "frame-src" not in again.headers["Content-Security-Policy"]
+
+
+def test_signing_out_everywhere_on_the_stand_in_tells_the_app(standin, http, msal_app, frontchannel):
+    """What another app's sign-out does: the session ends and the app hears of it by front channel."""
+    sid = sign_in(standin, http, msal_app)["id_token_claims"]["sid"]
+    home = http.get(standin.front_url + "/")
+    assert USERS[0]["displayName"] in home.text and "Sign out everywhere" in home.text
+    page = submit_only_form(standin, http, home.text)
+    assert "You signed out of your account" in page.text and "Return to the application" not in page.text
+    assert [f["src"] for f in parse_page(page.text).iframes] == [f"{frontchannel[0]}?sid={sid}"]
+    assert "Nobody is signed in" in http.get(standin.front_url + "/").text
+
+
+def test_a_form_on_another_site_cannot_end_the_session(standin, http, msal_app):
+    sign_in(standin, http, msal_app)
+    cookie = next(c for c in http.cookies if c.name == SESSION_COOKIE)
+    # SameSite=Lax: a browser leaves the cookie off another site's form post...
+    assert cookie.get_nonstandard_attr("SameSite") == "Lax" and cookie.has_nonstandard_attr("HttpOnly")
+    # ...and a post without it ends nothing.
+    page = requests.post(end_session_url(standin), data={"account": "x"}, timeout=5)
+    assert "You signed out" in page.text
+    assert standin.store.browser_session(cookie.value) is not None
+
+
+def test_frontchannel_logout_uris_are_registered_by_constructor_method_and_command_line():
+    stand_in = StandIn(frontchannel_logout_uris=["http://localhost:5000/logout/frontchannel"])
+    stand_in.register_frontchannel_logout_uri("http://localhost:5000/logout/frontchannel")
+    stand_in.register_frontchannel_logout_uri("http://127.0.0.1:5000/logout/frontchannel")
+    assert stand_in.frontchannel_logout_uris == ["http://localhost:5000/logout/frontchannel",
+                                                 "http://127.0.0.1:5000/logout/frontchannel"]
+    assert StandIn().frontchannel_logout_uris == []
+    args = local_entra_cli.parse_args(["--frontchannel-logout-uri", "http://a/fc", "--frontchannel-logout-uri", "http://b/fc"])
+    assert args.frontchannel_logout_uris == ["http://a/fc", "http://b/fc"]
+    assert local_entra_cli.parse_args([]).frontchannel_logout_uris == []
+
+
+# --- Conditional Access: client capabilities, CAE, step-up ---------------------------------
+
+
+def test_a_client_that_declares_cp1_gets_xms_cc_in_its_access_tokens(standin, http, msal_app, cae_app):
+    capable = claims_of(sign_in(standin, http, cae_app)["access_token"])
+    assert capable["xms_cc"] == ["cp1"]
+    assert "xms_cc" not in claims_of(sign_in(standin, http, msal_app)["access_token"])
+    cp1 = {"access_token": {"xms_cc": {"values": ["cp1"]}}}
+    assert json.loads(standin.authorize_requests[0]["claims"]) == cp1
+    assert [(r["grant_type"], r["claims"] and json.loads(r["claims"])) for r in standin.token_requests] == [
+        ("authorization_code", cp1), ("authorization_code", None)]
+    recorded = http.get(standin.front_url + "/_test/requests").json()
+    assert recorded["token"] == standin.token_requests and set(recorded) == {"authorize", "token", "logout"}
+    standin.reset_counters()
+    assert standin.recorded_requests == {"authorize": [], "token": [], "logout": []}
+
+
+def parse_challenge(header):
+    scheme, _, rest = header.partition(" ")
+    assert scheme == "Bearer"
+    return dict(re.findall(r'(\w+)="([^"]*)"', rest))
+
+
+def test_cae_revocation_challenges_cp1_tokens_until_the_challenge_is_answered(standin, http, cae_app):
+    before = sign_in(standin, http, cae_app)["access_token"]
+    assert me(standin, http, before).status_code == 200
+    revoked_at = standin.cae_revoke()
+
+    challenged = me(standin, http, before)
+    assert challenged.status_code == 401
+    error = challenged.json()["error"]
+    assert error["code"] == "InvalidAuthenticationToken"
+    assert error["message"] == ("Continuous access evaluation resulted in challenge with result: InteractionRequired"
+                                " and code: LocationConditionEvaluationSatisfied")
+    header = challenged.headers["WWW-Authenticate"]
+    expected_claims = '{"access_token":{"nbf":{"essential":true, "value":"' + str(revoked_at) + '"}}}'
+    encoded = base64.b64encode(expected_claims.encode()).decode()
+    assert header == (
+        'Bearer realm="", authorization_uri="https://login.microsoftonline.com/common/oauth2/authorize",'
+        ' client_id="00000003-0000-0000-c000-000000000000", error_description="' + error["message"] + '",'
+        ' error="insufficient_claims", claims="' + encoded + '"')
+    challenge = base64.b64decode(parse_challenge(header)["claims"]).decode()
+    assert challenge == expected_claims
+
+    account = cae_app.get_accounts()[0]
+    # A refresh that ignores the challenge gets a token Graph still refuses.
+    plain = cae_app.acquire_token_silent_with_error(SCOPES, account, force_refresh=True)
+    assert me(standin, http, plain["access_token"]).status_code == 401
+    # Answering it (MSAL merges cp1 in) gives one Graph takes, and so do that token's refreshes.
+    answered = cae_app.acquire_token_silent_with_error(SCOPES, account, claims_challenge=challenge)
+    assert json.loads(standin.token_requests[-1]["claims"])["access_token"]["nbf"]["value"] == str(revoked_at)
+    assert claims_of(answered["access_token"])["iat"] >= revoked_at
+    assert me(standin, http, answered["access_token"]).status_code == 200
+    later = cae_app.acquire_token_silent_with_error(SCOPES, account, force_refresh=True)
+    assert me(standin, http, later["access_token"]).status_code == 200
+
+    # Clients that cannot take a challenge (no cp1) are never sent one.
+    assert me(standin, http, standin.mint_access_token(USERS[0]["id"], iat=revoked_at - 60)).status_code == 200
+    standin.cae_clear()
+    assert me(standin, http, before).status_code == 200
+
+
+def test_a_sign_in_with_the_cae_challenge_also_answers_it(standin, http, cae_app):
+    base = standin.front_url + "/_test"
+    old = sign_in(standin, http, cae_app)
+    revoked = http.post(f"{base}/cae_revoke", json={}).json()["revoked_at"]
+    assert me(standin, http, old["access_token"]).status_code == 401
+    # An answer to an earlier event does not do.
+    stale_answer = {"access_token": {"nbf": {"essential": True, "value": str(revoked - 10)},
+                                     "xms_cc": {"values": ["cp1"]}}}
+    stale = token_request(standin, http, grant_type="refresh_token", refresh_token=old["refresh_token"],
+                          claims=json.dumps(stale_answer))
+    assert me(standin, http, stale.json()["access_token"]).status_code == 401
+
+    challenge = json.dumps({"access_token": {"nbf": {"essential": True, "value": revoked}}})  # a number works too
+    fresh = sign_in(standin, http, cae_app, claims_challenge=challenge)["access_token"]
+    assert me(standin, http, fresh).status_code == 200
+    assert http.post(f"{base}/clear", json={}).ok  # clear-faults ends the event too
+    old = old["access_token"]
+    assert me(standin, http, old).status_code == 200
+    assert http.post(f"{base}/cae_revoke", json={}).ok and http.post(f"{base}/cae_clear", json={}).ok
+    assert me(standin, http, old).status_code == 200
+
+
+def test_step_up_refuses_refresh_until_a_sign_in_claims_the_policy(standin, http, msal_app):
+    first = sign_in(standin, http, msal_app)
+    standin.require_step_up()
+    refused = msal_app.acquire_token_silent_with_error(SCOPES, msal_app.get_accounts()[0], force_refresh=True)
+    assert refused["error"] == "interaction_required" and refused["suberror"] == "basic_action"
+    assert refused["error_codes"] == [50076]
+    assert refused["error_description"].startswith(
+        "AADSTS50076: Due to a configuration change made by your administrator, or because you moved to a new"
+        " location, you must use multi-factor authentication to access '00000003-0000-0000-c000-000000000000'.")
+    policy = '{"access_token":{"capolids":{"essential":true,"values":["' + STEP_UP_POLICY_ID + '"]}}}'
+    assert refused["claims"] == policy
+    assert refused["trace_id"] and refused["correlation_id"] and refused["timestamp"]
+
+    # The user signs in again with the policy's claims: that sign-in's tokens, and their refreshes, are fine.
+    stepped_up = sign_in(standin, http, msal_app, claims_challenge=refused["claims"])
+    assert json.loads(standin.authorize_requests[-1]["claims"]) == json.loads(refused["claims"])
+    refreshed = token_request(standin, http, grant_type="refresh_token", refresh_token=stepped_up["refresh_token"])
+    assert refreshed.status_code == 200, refreshed.text
+    assert token_request(standin, http, grant_type="refresh_token", refresh_token=refreshed.json()["refresh_token"]).ok
+
+    # The refused refresh token was not used up: it works once the policy is lifted.
+    def refresh_first():
+        return token_request(standin, http, grant_type="refresh_token", refresh_token=first["refresh_token"])
+
+    assert refresh_first().status_code == 400
+    standin.clear_faults()
+    assert refresh_first().ok
+
+
+def test_step_up_over_http_with_entras_other_spelling(standin, http, msal_app):
+    first = sign_in(standin, http, msal_app)
+    assert http.post(standin.front_url + "/_test/step_up", json={"error": "invalid_grant"}).ok
+    refused = token_request(standin, http, grant_type="refresh_token", refresh_token=first["refresh_token"])
+    assert refused.status_code == 400
+    assert refused.json()["error"] == "invalid_grant" and refused.json()["suberror"] == "basic_action"
+    assert STEP_UP_POLICY_ID in refused.json()["claims"]
+
+
+# --- a real browser: the hidden iframe reaches the app -----------------------------------------
+
+
+class _FrontChannelApp(BaseHTTPRequestHandler):
+    """The app's side: records the front-channel logout calls it gets."""
+
+    def do_GET(self):
+        self.server.calls.append(self.path)
+        body = b"<!doctype html><title>ok</title>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def fake_app(standin):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FrontChannelApp)
+    server.calls = []
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    server.url = f"http://127.0.0.1:{server.server_port}"
+    standin.register_redirect_uri(f"{server.url}/getAToken")
+    standin.register_frontchannel_logout_uri(f"{server.url}/logout/frontchannel")
+    yield server
+    standin.frontchannel_logout_uris.clear()
+    server.shutdown()
+    server.server_close()
+
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's, as in the browser tier
+
+
+def sync_playwright_or_skip():
+    """Playwright and Chromium, or a skip on a laptop (a failure under CI, where they must be)."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:
+        reason = f"playwright is not importable: {exc}"
+    else:
+        if Path(CHROMIUM).exists():
+            return sync_playwright
+        reason = f"{CHROMIUM} not found: apt-get install chromium"
+    if IN_CI:
+        pytest.fail(f"{reason} (required under CI)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.mark.browser
+def test_chromium_loads_the_frontchannel_logout_url_when_the_user_signs_out_elsewhere(standin, msal_app, fake_app):
+    """The hidden iframe really loads under the signed-out page's Content-Security-Policy."""
+    sync_playwright = sync_playwright_or_skip()
+
+    flow = msal_app.initiate_auth_code_flow(SCOPES, redirect_uri=f"{fake_app.url}/getAToken")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(10_000)
+            page.goto(flow["auth_uri"])
+            page.get_by_role("button", name=re.compile(USERS[0]["displayName"])).click()
+            page.wait_for_url(f"{fake_app.url}/getAToken?**")
+            callback = {k: v[0] for k, v in parse_qs(urlsplit(page.url).query).items()}
+            sid = msal_app.acquire_token_by_auth_code_flow(flow, callback)["id_token_claims"]["sid"]
+
+            page.goto(standin.front_url + "/")
+            page.get_by_role("button", name="Sign out everywhere").click()
+            page.get_by_role("heading", name="You signed out of your account").wait_for()
+        finally:
+            browser.close()
+    assert f"/logout/frontchannel?sid={sid}" in fake_app.calls
