@@ -6,7 +6,24 @@ Every value can be overridden from the environment (Azure App Service passes POR
 import multiprocessing
 import os
 
-bind = os.environ.get("GUNICORN_BIND") or f"0.0.0.0:{os.environ.get('PORT', '8000')}"
+
+def _bind() -> list[str]:
+    # Loopback by default: gunicorn's gthread worker reads a request's headers with no time
+    # limit, so a handful of clients that never finish theirs hold every thread. It belongs
+    # behind a buffering reverse proxy on the same machine (README, "Behind a reverse proxy"),
+    # and nothing else should reach it.
+    explicit = os.environ.get("GUNICORN_BIND") or os.environ.get("BIND")
+    if explicit:  # one address or several, separated by commas or spaces
+        return explicit.replace(",", " ").split()
+    port = os.environ.get("PORT")
+    if port:
+        # PORT alone is how Azure App Service (and platforms like it) say where to listen: its
+        # front ends reach the container from outside, so loopback would be unreachable.
+        return [f"0.0.0.0:{port}"]
+    return ["127.0.0.1:8000"]
+
+
+bind = _bind()
 
 # Processes for the cores, threads for the waiting: a page view spends most of its time
 # waiting on Microsoft Graph or Entra ID, not computing.
