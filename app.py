@@ -21,12 +21,14 @@ from flask import Flask, current_app, g, jsonify, redirect, render_template, req
 from flask_wtf.csrf import generate_csrf
 
 import app_config
+import conditional_access
 import errors
 from downstream import DownstreamApi, TokenRejected
 from entra_auth import EntraAuth
 from logging_setup import configure_logging
 from security import init_security, safe_next_path
 from sessions import SIGNED_IN_KEY, STORE_ERRORS, init_sessions
+from sign_out_everywhere import frontchannel_logout
 from templating import NOT_LOOKED_UP, init_templating
 
 logger = logging.getLogger(__name__)
@@ -38,8 +40,6 @@ warnings.filterwarnings("ignore", message="response_mode='form_post' is recommen
 
 ALLOWED_PROMPTS = {"select_account", "consent", "login"}
 SIGNED_IN_AT_KEY = "signed_in_at"
-# A downstream 401 this soon after signing in is not fixed by signing in again.
-FRESH_SIGN_IN_SECONDS = 120
 
 FLASK_SETTINGS = {
     "SESSION_COOKIE_NAME": "session",
@@ -86,6 +86,8 @@ def create_app(test_config: dict | None = None) -> Flask:
         authority=(app.config["AUTHORITY"] or app_config.b2c_authority(app.config)) or None,
         oidc_authority=app.config["OIDC_AUTHORITY"] or None,
         pool_size=app.config["DOWNSTREAM_POOL_SIZE"],
+        client_capabilities=app.config["CLIENT_CAPABILITIES"],
+        carried_across_sign_in=[conditional_access.TRAIL_KEY],
     )
     app.extensions["downstream_api"] = DownstreamApi(app.config["ENDPOINT"],
                                                      pool_size=app.config["DOWNSTREAM_POOL_SIZE"])
@@ -97,6 +99,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.add_url_rule("/logout", view_func=logout, methods=["POST"])
     app.add_url_rule("/call_downstream_api", view_func=call_downstream_api)
     app.add_url_rule("/healthz", view_func=healthz)
+    # Sign-out from anywhere: the identity provider's signed-out page calls this in an iframe.
+    app.add_url_rule(app.config["FRONTCHANNEL_LOGOUT_PATH"], view_func=frontchannel_logout)
     return app
 
 
@@ -126,6 +130,8 @@ def login():
         redirect_uri=url_for("auth_response", _external=True),
         prompt=prompt if prompt in ALLOWED_PROMPTS else "select_account",
         next_link=safe_next_path(request.args.get("next")),
+        # Signed in already (e.g. granting consent): the same account, no picker to fill in.
+        login_hint=conditional_access.login_hint_of(session.get(SIGNED_IN_KEY)),
     )
     return redirect(flow["auth_uri"])
 
@@ -172,20 +178,20 @@ def call_downstream_api():
     scope, api = current_app.config["SCOPE"], current_app.extensions["downstream_api"]
     token = auth().get_token_for_user(scope)
     if "error" in token:
-        return errors.token_error_page(token)
+        return conditional_access.answer_token_error(token)  # sign in again (step-up: with its claims), consent, or 502
     try:
         profile = api.get_json(token["access_token"])
-    except TokenRejected:
-        # Revoked or expired early: one more try with a freshly refreshed token.
-        token = auth().get_token_for_user(scope, force_refresh=True)
+    except TokenRejected as rejected:
+        # Revoked (CAE: with a claims challenge) or expired early: one silent try with a new
+        # token, asked for with the challenge's claims when there is one.
+        claims = rejected.claims_challenge
+        token = auth().get_token_for_user(scope, force_refresh=True, claims_challenge=claims)
         if "error" in token:
-            return errors.token_error_page(token)
+            return conditional_access.answer_token_error(token, claims=claims)
         try:
             profile = api.get_json(token["access_token"])
-        except TokenRejected:
-            if time.time() - session.get(SIGNED_IN_AT_KEY, 0) < FRESH_SIGN_IN_SECONDS:
-                raise  # a sign-in just now did not help; sending the user back would loop
-            return redirect(url_for("login", next=request.path))
+        except TokenRejected as again:  # a new token did not do: the user must sign in again
+            return conditional_access.sign_in_again(reason="token_rejected", claims=again.claims_challenge)
     return render_template("display.html", user=user, profile=profile)
 
 

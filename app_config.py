@@ -81,7 +81,12 @@ def load(environ=None) -> dict:
         "B2C_TENANT_NAME": b2c_tenant,
         "B2C_SIGNUP_SIGNIN_USER_FLOW": b2c_flow,
         "REDIRECT_PATH": (environ.get("REDIRECT_PATH") or "/getAToken").strip(),
+        # Where the identity provider's signed-out page signs users out of this app too.
+        "FRONTCHANNEL_LOGOUT_PATH": (environ.get("FRONTCHANNEL_LOGOUT_PATH") or "/logout/frontchannel").strip(),
         "SCOPE": scope,
+        # Client capabilities declared to MSAL; "cp1": the app handles claims challenges (CAE).
+        # Set to an empty value to declare none.
+        "CLIENT_CAPABILITIES": (environ.get("CLIENT_CAPABILITIES", "cp1") or "").split(),
         "ENDPOINT": (environ.get("ENDPOINT") or GRAPH_ME).strip(),
         "SECRET_KEY": (environ.get("SECRET_KEY") or "").strip(),
         # Older keys, still accepted for reading (sessions, CSRF tokens) after a rotation.
@@ -191,6 +196,13 @@ def problems(config) -> list[Problem]:
     elif redirect_path.rstrip("/") in RESERVED_PATHS or redirect_path == "/":
         found.append(Problem("REDIRECT_PATH", f"{redirect_path} is one of the app's own routes.",
                              "Use /getAToken, and register http://localhost:5000/getAToken."))
+
+    frontchannel_path = config.get("FRONTCHANNEL_LOGOUT_PATH", "")
+    if (not frontchannel_path.startswith("/") or frontchannel_path.startswith("//") or "?" in frontchannel_path
+            or frontchannel_path.rstrip("/") in (*RESERVED_PATHS, redirect_path.rstrip("/"))):
+        found.append(Problem("FRONTCHANNEL_LOGOUT_PATH", "must be a path of its own such as /logout/frontchannel.",
+                             "Register http://localhost:5000/logout/frontchannel as the app registration's "
+                             "Front-channel logout URL (Authentication)."))
 
     endpoint = config.get("ENDPOINT", "")
     parts = urlsplit(endpoint)

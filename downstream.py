@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 import requests
 
+from claims_challenge import claims_challenge_from
 from http_pool import pooled_session
 
 logger = logging.getLogger(__name__)
@@ -41,10 +42,15 @@ class DownstreamError(Exception):
 
 
 class TokenRejected(DownstreamError):
-    """401: the access token was not accepted. The page says 502: the fault is upstream."""
+    """401: the access token was not accepted. The page says 502: the fault is upstream.
+    `claims_challenge`: what a CAE challenge asks for (the claims JSON), if it was one."""
 
     status = 502
     title = "Microsoft Graph did not accept the access token"
+
+    def __init__(self, message: str, *, claims_challenge: str | None = None, **kwargs):
+        super().__init__(message, **kwargs)
+        self.claims_challenge = claims_challenge
 
 
 class PermissionMissing(DownstreamError):
@@ -133,7 +139,10 @@ class DownstreamApi:
     def _parse(response: requests.Response) -> dict:
         status = response.status_code
         if status == 401:
-            raise TokenRejected(_graph_error_message(response), upstream_status=status)
+            # Only ever from ENDPOINT (no redirects are followed), and only its claims are
+            # used: the challenge's authorization_uri is never followed.
+            raise TokenRejected(_graph_error_message(response), upstream_status=status,
+                                claims_challenge=claims_challenge_from(response.headers.get("WWW-Authenticate")))
         if status == 403:
             raise PermissionMissing(_graph_error_message(response), upstream_status=status)
         if status in (429, 503):

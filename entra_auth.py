@@ -177,8 +177,14 @@ class HttpCacheWithoutSharedThrottle(dict):
 class EntraAuth(identity.web.Auth):
     """One per process: it shares its HTTP pool, MSAL's discovery cache and the L1 token cache."""
 
-    def __init__(self, *, pool_size: int = 16, timeout=(IDP_CONNECT_TIMEOUT, IDP_READ_TIMEOUT), **kwargs):
+    def __init__(self, *, pool_size: int = 16, timeout=(IDP_CONNECT_TIMEOUT, IDP_READ_TIMEOUT),
+                 client_capabilities=(), carried_across_sign_in=(), **kwargs):
         super().__init__(http_cache=HttpCacheWithoutSharedThrottle(), **kwargs)
+        # "cp1": this app handles claims challenges (CAE). MSAL merges it into the claims of
+        # every authorize and token request.
+        self.client_capabilities = list(client_capabilities)
+        # Session keys of the app's own that survive a sign-in (see _replacing_the_session).
+        self.carried_across_sign_in = tuple(carried_across_sign_in)
         self._http = pooled_session(pool_size=pool_size, timeout=timeout)
         self.http_client = IdentityProviderClient(self._http)
         self.l1_token_cache = L1TokenCache()
@@ -200,6 +206,7 @@ class EntraAuth(identity.web.Auth):
                 http_client=self.http_client,
                 http_cache=self._http_cache,  # discovery fetched once per process, not per request
                 instance_discovery=False,
+                client_capabilities=self.client_capabilities or None,
             )
         except ValueError as exc:  # MSAL's word for "discovery answered 4xx or not JSON"
             raise IdentityProviderUnavailable(str(exc)) from exc
@@ -259,20 +266,57 @@ class EntraAuth(identity.web.Auth):
 
     # --- tokens -----------------------------------------------------------------------
 
-    def get_token_for_user(self, scopes, force_refresh: bool = False):
-        """identity's call, answered from the L1 token cache when it can be, plus a forced
-        refresh for an access token the API refused."""
+    def log_in(self, *, scopes=None, redirect_uri=None, state=None, prompt=None, next_link=None,
+               login_hint: str | None = None, claims_challenge: str | None = None) -> dict:
+        """identity's call, plus what identity 0.11 does not pass on to MSAL: `login_hint`
+        (no account picker when signing the same user in again) and `claims_challenge`
+        (what a Conditional Access or CAE challenge asks for). Built as identity builds it:
+        the flow in the session, with identity's own keys for the scopes and next link."""
+        if not (login_hint or claims_challenge):
+            return super().log_in(scopes=scopes, redirect_uri=redirect_uri, state=state, prompt=prompt,
+                                  next_link=next_link)
+        scopes = scopes or []
+        flow = self._build_msal_app().initiate_auth_code_flow(
+            scopes, redirect_uri=redirect_uri, state=state, prompt=prompt,
+            login_hint=login_hint, claims_challenge=claims_challenge)
+        flow[self._EXPLICITLY_REQUESTED_SCOPES] = scopes  # identity checks what was granted
+        flow[NEXT_LINK_KEY] = next_link
+        self._session[self._AUTH_FLOW] = flow
+        return {"auth_uri": flow["auth_uri"]}
+
+    def get_token_for_user(self, scopes, force_refresh: bool = False, claims_challenge: str | None = None):
+        """identity's call, answered from the L1 token cache when it can be; plus a forced
+        refresh for an access token the API refused, and a refresh that carries a claims
+        challenge (which identity 0.11 cannot send; MSAL then skips its cached token)."""
         serialized = self._session.get(self._TOKEN_CACHE)
         signed_in = self._USER in self._session
-        if serialized and signed_in and not force_refresh:
+        if serialized and signed_in and not (force_refresh or claims_challenge):
             remembered = self.l1_token_cache.get(serialized, scopes)
             if remembered is not None:
                 return remembered
-        result = self._get_token_for_user(scopes, force_refresh=force_refresh or None)
+        if claims_challenge:
+            result = self._get_token_with_claims(scopes, claims_challenge)
+        else:
+            result = self._get_token_for_user(scopes, force_refresh=force_refresh or None)
         after = self._session.get(self._TOKEN_CACHE)  # a refresh wrote a new one
         if after and signed_in and "access_token" in result:
             self.l1_token_cache.put(after, scopes, result)
         return result
+
+    def _get_token_with_claims(self, scopes, claims_challenge: str) -> dict:
+        """identity's _get_token_for_user, with MSAL's claims_challenge passed on."""
+        user = self._session.get(self._USER)
+        if not user:
+            return {"error": "interaction_required", "error_description": "Log in required"}
+        cache = self._load_cache()
+        app = self._build_msal_app(client_credential=self._client_credential, cache=cache)
+        accounts = app.get_accounts(username=user.get("preferred_username"))
+        result = app.acquire_token_silent_with_error(
+            scopes, account=accounts[0], claims_challenge=claims_challenge) if accounts else None
+        self._save_cache(cache)
+        if result and result.get("id_token_claims"):
+            self._save_user_into_session(result["id_token_claims"])
+        return result or {"error": "interaction_required", "error_description": "No refresh token"}
 
     def log_out(self, post_logout_redirect_uri: str) -> str | None:
         """Forget the signed-in user and their tokens here (the session and the L1 token
@@ -300,6 +344,12 @@ class EntraAuth(identity.web.Auth):
             query["logout_hint"] = user["login_hint"]
         parts = urlsplit(endpoint)
         return urlunsplit(parts._replace(query="&".join(filter(None, (parts.query, urlencode(query))))))
+
+    def forget_tokens_of(self, session_data: dict) -> None:
+        """Drop a session's L1 answers (its session is being deleted elsewhere)."""
+        serialized = session_data.get(self._TOKEN_CACHE)
+        if isinstance(serialized, str):
+            self.l1_token_cache.forget(serialized)
 
     # --- completing a sign-in ---------------------------------------------------------
 
@@ -369,6 +419,8 @@ class EntraAuth(identity.web.Auth):
                 self._session.update(previous)
                 if self.http_client.token_requests:
                     self._session.pop(self._AUTH_FLOW, None)  # the code was spent
+            else:
+                self._session.update({k: previous[k] for k in self.carried_across_sign_in if k in previous})
 
     def forget_pending_sign_in(self) -> None:
         """Drop the sign-in flow so that its state and code can never be used again."""

@@ -11,7 +11,7 @@ import uuid
 
 import redis
 import requests
-from flask import Flask, current_app, g, redirect, render_template, request, session, url_for
+from flask import Flask, current_app, g, render_template, request, session, url_for
 from flask.globals import request_ctx
 from flask_wtf.csrf import CSRFError
 from markupsafe import escape
@@ -29,8 +29,6 @@ from entra_auth import (
 
 logger = logging.getLogger(__name__)
 
-# Token errors that a new interactive sign-in fixes.
-SIGN_IN_AGAIN_ERRORS = {"interaction_required", "invalid_grant", "login_required", "no_account"}
 # identity's own answer when the token lacks a scope that was asked for (error invalid_scope).
 UNGRANTED_SCOPES = "Ungranted scope(s)"
 
@@ -146,15 +144,27 @@ def internal_error(exc: InternalServerError):
 # --- pages that views answer with directly -------------------------------------------
 
 
-def token_error_page(result: dict):
-    """The answer to `get_token_for_user` returning an error instead of a token."""
-    error = result.get("error", "")
-    if needs_consent(result):
-        return consent_page(next_path=request.path)
-    if error in SIGN_IN_AGAIN_ERRORS:
-        return redirect(url_for("login", next=request.path))
-    logger.warning("Token request failed: %s", error)
-    return auth_error_page(result, status=502, title="Microsoft Entra ID did not issue a token")
+def sign_in_loop_page(*, reason: str, policy: bool):
+    """Signing in again already happened for this and did not help: say so instead of looping."""
+    if policy:
+        return error_page(
+            403, "Your organisation's policy could not be satisfied",
+            "You signed in again as your organisation's access policy asked (for example with "
+            "multi-factor authentication or from a compliant device), but access is still refused. "
+            "Check with your IT administrator that your device and location meet the policy, then try again.",
+            action_url=url_for("index"), action_label="Back to the home page")
+    if reason == "token_rejected":
+        return error_page(
+            502, "Microsoft Graph did not accept the access token",
+            "Even a token from a new sign-in was refused, so signing in again will not help. "
+            "The app registration's API permissions or the ENDPOINT setting may not match.",
+            action_url=url_for("index"), action_label="Back to the home page")
+    return error_page(
+        502, "Signing in did not give the app a token",
+        "You were just signed in, but the identity provider still gives the app no token for the API. "
+        "Signing in again will not help; the app registration may need a refresh token (offline_access) "
+        "or the clocks of this server and the identity provider may disagree.",
+        action_url=url_for("index"), action_label="Back to the home page")
 
 
 def needs_consent(result: dict) -> bool:

@@ -37,6 +37,8 @@ class RedactSecrets(logging.Filter):
                     r'client_assertion)"\s*:\s*")[^"]*'), r"\1[redacted]"),
         (re.compile(r"(?<![\w-])((?:code|refresh_token|access_token|id_token|client_secret|client_assertion)=)"
                     r"[^&\s\"']+"), r"\1[redacted]"),
+        # A claims challenge (WWW-Authenticate, or a token request's form) says what a policy asks of a user.
+        (re.compile(r"(?<![\w-])(claims=\"?)[^&\s\"]+"), r"\1[redacted]"),
     )
 
     def redact(self, text: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+import requests
 from flask import Flask, current_app, render_template, request, session
 from flask_wtf.csrf import CSRFError, CSRFProtect, generate_csrf, validate_csrf
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -14,6 +15,7 @@ from wtforms import ValidationError
 
 import errors
 from sessions import SIGNED_IN_KEY
+from sign_out_everywhere import frame_ancestors
 
 SECURITY_HEADERS = {
     # No inline script anywhere; the app never needs to be framed. form-action is left
@@ -71,7 +73,10 @@ def init_security(app: Flask) -> None:
         # No view or handler sets these headers, so they are appended in one go: werkzeug's
         # setdefault scans the headers once per name (about 4 % of a page view for six
         # headers, make bench).
-        response.headers.extend(static_headers if request.endpoint == "static" else page_headers)
+        if request.endpoint == "frontchannel_logout":
+            response.headers.extend(_framable_by_the_identity_provider(app))
+        else:
+            response.headers.extend(static_headers if request.endpoint == "static" else page_headers)
         if request.is_secure:
             response.headers.add(*HSTS)
         return response
@@ -84,6 +89,21 @@ def init_security(app: Flask) -> None:
         # Client, scheme and host (with its port) only: App Service and the README's nginx
         # set nothing else, so an X-Forwarded-Port or -Prefix could only come from the client.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=0, x_prefix=0)
+
+
+def _framable_by_the_identity_provider(app: Flask) -> list[tuple[str, str]]:
+    """The front-channel logout route's headers: it is loaded in an iframe of the identity
+    provider's signed-out page, so that origin (and only it) may frame it. No X-Frame-Options:
+    DENY would forbid that, and ALLOW-FROM is obsolete."""
+    try:
+        discovery = app.extensions["auth"].discovery_for_sign_out()
+    except requests.RequestException:  # the authority's own origin still applies
+        discovery = None
+    policy = SECURITY_HEADERS["Content-Security-Policy"].replace(
+        "frame-ancestors 'none'", f"frame-ancestors {frame_ancestors(app.config, discovery)}")
+    headers = {**SECURITY_HEADERS, "Content-Security-Policy": policy}
+    del headers["X-Frame-Options"]
+    return [*headers.items(), ("Cache-Control", "no-store")]
 
 
 def _check_csrf(csrf: CSRFProtect) -> None:

@@ -41,6 +41,7 @@ from flask_session.cachelib import CacheLibSessionInterface
 from flask_session.redis import RedisSessionInterface
 
 from session_encryption import SessionCipher, Unreadable
+from sid_index import FileSidIndex, RedisSidIndex, SidIndex
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class _SignInAwareSessions:
     # Called with the response when the store refused a write, to turn it into an error page.
     on_write_failure = None
     cipher: SessionCipher
+    sid_index: SidIndex
 
     def lifetime_for(self, app: Flask, session) -> timedelta:
         if SIGNED_IN_KEY in session:
@@ -101,7 +103,9 @@ class _SignInAwareSessions:
             if sid:
                 data = self._retrieve_session_data(self._get_store_id(sid))
                 if data is not None:
-                    return self.session_class(data, sid=sid)
+                    session = self.session_class(data, sid=sid)
+                    session.idp_sid = _idp_sid(data)  # to leave the sid index at sign-out
+                    return session
         except STORE_ERRORS as exc:
             logger.error("Session store unavailable while reading: %s", exc)
             g.session_store_error = exc
@@ -148,9 +152,11 @@ class _SignInAwareSessions:
             # deleted the stored record. If another one already did (the sign-in that won
             # a race against this one moved the browser to a new id), the browser's cookie
             # may name that newer session now.
-            if (session.modified and not session and self._loaded_from_store(session)
-                    and not self._remove_if_present(self._get_store_id(session.sid))):
-                raise _SessionGone
+            if session.modified and not session and self._loaded_from_store(session):
+                if not self._remove_if_present(self._get_store_id(session.sid)):
+                    raise _SessionGone
+                if getattr(session, "idp_sid", None):
+                    self.sid_index.remove(session.idp_sid, self._get_store_id(session.sid))
             super().save_session(app, session, response)
         except _SessionGone:
             # Another request deleted this session after this one read it: a sign-out, or a
@@ -188,12 +194,42 @@ class _SignInAwareSessions:
                                secure=self.get_cookie_secure(app),
                                samesite=app.config["SESSION_COOKIE_SAMESITE"])
 
+    def _index_by_idp_sid(self, session, store_id: str, lifetime: int) -> None:
+        """A signed-in session is findable by the provider's sid (front-channel logout),
+        for as long as it lives."""
+        sid = _idp_sid(session)
+        if sid:
+            self.sid_index.add(sid, store_id, lifetime)
+
+    def end_sessions_of(self, sid: str, iss: str | None, on_session=None) -> int:
+        """Delete every stored session whose id token carried `sid` (and `iss`, if given).
+        `on_session(data)` sees each before it goes. Returns how many ended."""
+        self.check_usable()
+        ended = 0
+        for store_id in self.sid_index.members(sid):
+            data = self._retrieve_session_data(store_id)
+            claims = (data or {}).get(SIGNED_IN_KEY) or {}
+            if data is None or claims.get("sid") != sid:  # gone already, or a stale entry
+                self.sid_index.remove(sid, store_id)
+                continue
+            if iss is not None and claims.get("iss") != iss:
+                continue  # another provider's session that happens to share the sid
+            if on_session is not None:
+                on_session(data)
+            self._remove_if_present(store_id)
+            self.sid_index.remove(sid, store_id)
+            ended += 1
+        return ended
+
     def _sealed_session(self, session, store_id: str) -> bytes:
         return self.cipher.seal(self.serializer.encode(session), store_id)
 
     def _remove_if_present(self, store_id: str) -> bool:
         """Delete a session's record; False if it was already gone."""
         raise NotImplementedError
+
+    def check_usable(self) -> None:
+        """Raise if the store is plainly unusable, where reads would not say so."""
 
     def regenerate(self, session) -> None:
         # Flask-Session's regenerate() skips empty sessions; a new id is wanted regardless.
@@ -222,6 +258,7 @@ class FileSystemSessions(_SignInAwareSessions, CacheLibSessionInterface):
         cache = _FileSystemCacheTellingDeletes(directory, threshold=0, mode=0o600)
         super().__init__(app, client=cache, **kwargs)
         self.app = app
+        self.directory = directory
         self._last_sweep = time.monotonic()
         self._sweep_lock = threading.Lock()
 
@@ -243,10 +280,16 @@ class FileSystemSessions(_SignInAwareSessions, CacheLibSessionInterface):
         # cachelib reports a failed write (disk full, directory gone) only by returning False.
         if not self.cache.set(store_id, self._sealed_session(session, store_id), timeout=lifetime):
             raise OSError("the session directory refused a write")
+        self._index_by_idp_sid(session, store_id, lifetime)
         self._sweep_if_due()
 
     def _remove_if_present(self, store_id: str) -> bool:
         return self.cache.delete_if_present(store_id)
+
+    def check_usable(self) -> None:
+        # cachelib reads swallow OS errors (a missing directory reads as "no session").
+        if not os.path.isdir(self.directory):
+            raise NotADirectoryError(f"the session directory {self.directory} is gone")
 
     def _sweep_if_due(self) -> None:
         now = time.monotonic()
@@ -287,12 +330,19 @@ class RedisSessions(_SignInAwareSessions, RedisSessionInterface):
                 raise _SessionGone
         else:
             self.client.set(store_id, value, ex=lifetime)
+        self._index_by_idp_sid(session, store_id, lifetime)
 
     def _remove_if_present(self, store_id: str) -> bool:
         return bool(self.client.delete(store_id))
 
     def ping(self) -> None:
         self.client.ping()
+
+
+def _idp_sid(session_data) -> str | None:
+    """The identity provider's session id (`sid` claim) of a signed-in session, if any."""
+    sid = (session_data.get(SIGNED_IN_KEY) or {}).get("sid")
+    return sid if isinstance(sid, str) and sid else None
 
 
 def init_sessions(app: Flask, on_write_failure=None) -> _SignInAwareSessions:
@@ -305,8 +355,10 @@ def init_sessions(app: Flask, on_write_failure=None) -> _SignInAwareSessions:
     }
     if config["SESSION_TYPE"] == "redis":
         interface = RedisSessions(app, config["REDIS_URL"], **common)
+        interface.sid_index = RedisSidIndex(interface.client, config["SESSION_KEY_PREFIX"])
     else:
         interface = FileSystemSessions(app, config["SESSION_FILE_DIR"], **common)
+        interface.sid_index = FileSidIndex(interface.cache, config["SESSION_KEY_PREFIX"])
     interface.pending_lifetime = timedelta(seconds=config["PENDING_SIGN_IN_LIFETIME_SECONDS"])
     interface.on_write_failure = on_write_failure
     interface.cipher = SessionCipher(config["SECRET_KEY"], config.get("SECRET_KEY_FALLBACKS") or ())

@@ -132,7 +132,7 @@ def machine_usage(before: dict[str, int], after: dict[str, int]) -> dict[str, fl
 
 
 def session_files(directory: Path) -> dict[str, tuple[int, int]]:
-    """The session files (cachelib's temporary files and the table of write stamps, which
+    """The session files (cachelib's temporary files, which
     end in its transaction suffix, are not sessions)."""
     found = {}
     if directory.is_dir():
