@@ -23,6 +23,7 @@ from flask_wtf.csrf import generate_csrf
 import app_config
 import conditional_access
 import errors
+import provider
 from downstream import DownstreamApi, TokenRejected
 from entra_auth import EntraAuth
 from logging_setup import configure_logging
@@ -125,10 +126,12 @@ def index():
 
 def login():
     prompt = request.args.get("prompt")
+    if prompt not in ALLOWED_PROMPTS:  # the account picker, where the provider has one
+        prompt = provider.sign_in_prompt(current_app.config, auth().discovery)
     flow = auth().log_in(
         scopes=current_app.config["SCOPE"],
         redirect_uri=url_for("auth_response", _external=True),
-        prompt=prompt if prompt in ALLOWED_PROMPTS else "select_account",
+        prompt=prompt,
         next_link=safe_next_path(request.args.get("next")),
         # Signed in already (e.g. granting consent): the same account, no picker to fill in.
         login_hint=conditional_access.login_hint_of(session.get(SIGNED_IN_KEY)),
@@ -155,7 +158,7 @@ def logout_confirm():
 def logout():
     home = url_for("index", _external=True)
     signed_in_here = SIGNED_IN_KEY in session
-    end_session_url = auth().log_out(home)
+    end_session_url = auth().log_out(home, id_token_hint=not provider.is_entra(current_app.config))
     if signed_in_here:
         session.clear()  # deletes the server-side session and the cookie
     # Otherwise the browser's cookie is left alone: a post from another site arrives
@@ -166,7 +169,7 @@ def logout():
         return redirect(url_for("index"), code=303)
     return errors.error_page(
         503, "Signed out of this app only",
-        "You are signed out here, but Microsoft Entra ID can't be reached to end your session there. "
+        f"You are signed out here, but {errors.provider_name()} can't be reached to end your session there. "
         "Close the browser to be fully signed out.",
         action_url=url_for("index"), action_label="Back to the home page")
 
@@ -174,6 +177,8 @@ def logout():
 def call_downstream_api():
     user = signed_in_user()
     if user is None:
+        if SIGNED_IN_KEY in session:  # signed in, but the id token expired and could not be renewed
+            return conditional_access.sign_in_again(reason="id_token_expired")
         return redirect(url_for("login", next=request.path))
     scope, api = current_app.config["SCOPE"], current_app.extensions["downstream_api"]
     token = auth().get_token_for_user(scope)

@@ -88,6 +88,9 @@ def load(environ=None) -> dict:
         # Set to an empty value to declare none.
         "CLIENT_CAPABILITIES": (environ.get("CLIENT_CAPABILITIES", "cp1") or "").split(),
         "ENDPOINT": (environ.get("ENDPOINT") or GRAPH_ME).strip(),
+        # The identity provider's name on pages, when it is not Microsoft Entra ID (default:
+        # its host name).
+        "PROVIDER_NAME": (environ.get("PROVIDER_NAME") or "").strip(),
         "SECRET_KEY": (environ.get("SECRET_KEY") or "").strip(),
         # Older keys, still accepted for reading (sessions, CSRF tokens) after a rotation.
         "SECRET_KEY_FALLBACKS": [k.strip() for k in (environ.get("SECRET_KEY_FALLBACKS") or "").split(",")
@@ -184,7 +187,14 @@ def problems(config) -> list[Problem]:
             "Azure AD B2C > User flows: the sign-up and sign-in flow's name, e.g. B2C_1_signupsignin1."))
     elif not has_b2c:
         key = "OIDC_AUTHORITY" if has_oidc else "AUTHORITY"
-        if not _https_with_path(config.get(key, "")):
+        value = config.get(key, "")
+        if has_oidc and urlsplit(value).scheme == "https" and urlsplit(value).hostname and not _https_with_path(value):
+            found.append(Problem(
+                key, f"{value} has no path after the host, and MSAL refuses an authority without one.",
+                "Use the issuer with its path, e.g. https://<tenant>.ciamlogin.com/<tenant>.onmicrosoft.com/v2.0, "
+                "https://<org>.okta.com/oauth2/default or https://<host>/realms/<realm> (Keycloak). "
+                "A provider whose issuer has no path cannot be used through MSAL (see the README's providers)."))
+        elif not _https_with_path(value):
             found.append(Problem(
                 key, "must be an https URL with a tenant path, such as https://login.microsoftonline.com/<tenant>.",
                 "MSAL refuses any other authority."))

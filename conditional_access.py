@@ -27,6 +27,7 @@ import time
 from flask import current_app, redirect, request, session, url_for
 
 import errors
+from sessions import SIGNED_IN_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def answer_token_error(result: dict, *, claims: str | None = None):
         step_up = result.get("claims") if isinstance(result.get("claims"), str) else None
         return sign_in_again(reason="claims" if (step_up or claims) else error, claims=step_up or claims)
     logger.warning("Token request failed: %s", error)
-    return errors.auth_error_page(result, status=502, title="Microsoft Entra ID did not issue a token")
+    return errors.auth_error_page(result, status=502, title=f"{errors.provider_name()} did not issue a token")
 
 
 # --- sending the browser to sign in again, at most so often ---------------------------
@@ -90,7 +91,7 @@ def sign_in_again(*, reason: str, claims: str | None = None):
         scopes=current_app.config["SCOPE"],
         redirect_uri=url_for("auth_response", _external=True),
         next_link=path,
-        login_hint=login_hint_of(auth.get_user()),
+        login_hint=login_hint_of(session.get(SIGNED_IN_KEY)),  # also when its id token expired
         claims_challenge=claims,
     )
     return redirect(flow["auth_uri"])

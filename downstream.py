@@ -29,10 +29,11 @@ MAX_RETRY_AFTER = 3600
 
 
 class DownstreamError(Exception):
-    """The API did not give us a profile. `status` is what our page answers."""
+    """The API did not give us a profile. `status` is what our page answers; `title` names
+    the API as `{api}` (the pages say "Microsoft Graph" or "The API", see provider.py)."""
 
     status = 502
-    title = "Microsoft Graph returned an error"
+    title = "{api} returned an error"
 
     def __init__(self, message: str, *, upstream_status: int | None = None, retry_after: int | None = None):
         super().__init__(message)
@@ -46,7 +47,7 @@ class TokenRejected(DownstreamError):
     `claims_challenge`: what a CAE challenge asks for (the claims JSON), if it was one."""
 
     status = 502
-    title = "Microsoft Graph did not accept the access token"
+    title = "{api} did not accept the access token"
 
     def __init__(self, message: str, *, claims_challenge: str | None = None, **kwargs):
         super().__init__(message, **kwargs)
@@ -60,17 +61,17 @@ class PermissionMissing(DownstreamError):
 
 class Throttled(DownstreamError):
     status = 503
-    title = "Microsoft Graph is busy"
+    title = "{api} is busy"
 
 
 class TimedOut(DownstreamError):
     status = 504
-    title = "Microsoft Graph did not answer in time"
+    title = "{api} did not answer in time"
 
 
 class Unreachable(DownstreamError):
     status = 502
-    title = "Microsoft Graph can't be reached"
+    title = "{api} can't be reached"
 
 
 def _retry_after_seconds(response: requests.Response) -> int | None:

@@ -90,6 +90,15 @@ def _decodes_to_a_json_object(value: str) -> bool:
     return isinstance(decoded, dict)
 
 
+def _id_token_in(serialized_token_cache: str) -> str | None:
+    """The newest id token in a serialized MSAL token cache (MSAL's public cache API)."""
+    cache = msal.SerializableTokenCache()
+    cache.deserialize(serialized_token_cache)
+    tokens = [entry for entry in cache.search(msal.TokenCache.CredentialType.ID_TOKEN)
+              if isinstance(entry.get("secret"), str)]
+    return tokens[-1]["secret"] if tokens else None
+
+
 def _json_object(response) -> dict | None:
     try:
         body = response.json()
@@ -214,9 +223,10 @@ class EntraAuth(identity.web.Auth):
         self._issuer = app.authority._issuer
         return app
 
-    def discovery_for_sign_out(self) -> dict:
-        """The discovery document at `<authority>/.well-known/openid-configuration`, where
-        identity looks up the end-session endpoint too. Fetched once, bounded, holding no
+    def discovery(self) -> dict:
+        """The discovery document at `<authority>/.well-known/openid-configuration` (for
+        sign-out, the prompt values a provider supports, front-channel framing; MSAL fetches
+        its own, for Entra authorities at `<authority>/v2.0/...`). Fetched once, bounded, holding no
         lock (sign-outs must not queue behind a hanging one); a failure is remembered briefly
         so that a burst of sign-outs during an outage does not wait out one timeout each."""
         if self._oidc_config is not None:
@@ -318,7 +328,7 @@ class EntraAuth(identity.web.Auth):
             self._save_user_into_session(result["id_token_claims"])
         return result or {"error": "interaction_required", "error_description": "No refresh token"}
 
-    def log_out(self, post_logout_redirect_uri: str) -> str | None:
+    def log_out(self, post_logout_redirect_uri: str, *, id_token_hint: bool = False) -> str | None:
         """Forget the signed-in user and their tokens here (the session and the L1 token
         cache), and return the identity provider's end-session URL, or None when the
         provider can't be asked or offers none (`end_session_endpoint_missing` tells which).
@@ -327,13 +337,16 @@ class EntraAuth(identity.web.Auth):
         here it is built with the URL tools, with `client_id` (RP-Initiated Logout 1.0: a
         provider may ignore the return address without it) and, when the id token carries
         one, Entra ID's `logout_hint`, so that Entra signs that account out without asking.
+        With `id_token_hint` (other providers), the id token itself, which RP-Initiated Logout
+        names as the way to say who is signing out.
         """
         user = self._session.pop(self._USER, None) or {}
         serialized = self._session.pop(self._TOKEN_CACHE, None)
+        raw_id_token = _id_token_in(serialized) if id_token_hint and serialized else None
         if serialized:
             self.l1_token_cache.forget(serialized)
         try:
-            endpoint = self.discovery_for_sign_out().get(END_SESSION_ENDPOINT)
+            endpoint = self.discovery().get(END_SESSION_ENDPOINT)
         except requests.RequestException as exc:
             logger.warning("Sign-out: the end-session endpoint could not be looked up: %s", type(exc).__name__)
             return None
@@ -342,6 +355,8 @@ class EntraAuth(identity.web.Auth):
         query = {"post_logout_redirect_uri": post_logout_redirect_uri, "client_id": self._client_id}
         if isinstance(user.get("login_hint"), str):
             query["logout_hint"] = user["login_hint"]
+        if raw_id_token:
+            query["id_token_hint"] = raw_id_token
         parts = urlsplit(endpoint)
         return urlunsplit(parts._replace(query="&".join(filter(None, (parts.query, urlencode(query))))))
 

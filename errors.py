@@ -18,6 +18,7 @@ from markupsafe import escape
 from msal.exceptions import MsalServiceError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
+import provider
 from downstream import DownstreamError, PermissionMissing, Throttled
 from entra_auth import (
     IdentityProviderMisbehaved,
@@ -75,7 +76,7 @@ def identity_provider_unreachable(exc: Exception):
         retry_url = url_for("login")
     else:
         retry_url = request.path if request.method == "GET" else url_for("index")
-    page = error_page(status, "Microsoft Entra ID can't be reached",
+    page = error_page(status, f"{provider_name()} can't be reached",
                       "Signing in and getting tokens is not possible right now. Please try again in a minute.",
                       action_url=retry_url, action_label="Try again")
     return (*page, {"Retry-After": "30"})
@@ -83,7 +84,7 @@ def identity_provider_unreachable(exc: Exception):
 
 def identity_provider_misbehaved(exc: IdentityProviderMisbehaved):
     logger.warning("Identity provider answered unexpectedly: %s", exc)
-    return error_page(502, "Microsoft Entra ID answered something unexpected",
+    return error_page(502, f"{provider_name()} answered something unexpected",
                       "Signing in or getting a token failed. Please try again in a minute.",
                       action_url=url_for("index"), action_label="Back to the home page")
 
@@ -124,10 +125,10 @@ def downstream_error(exc: DownstreamError):
                    f"{', '.join(current_app.config['SCOPE'])}, granted by you or an administrator.")
     elif isinstance(exc, Throttled):
         headers["Retry-After"] = str(exc.retry_after)
-        message = f"Microsoft Graph is throttling requests; try again in {exc.retry_after} s."
+        message = f"{api_name()} is throttling requests; try again in {exc.retry_after} s."
     else:
         message = exc.message
-    page = error_page(exc.status, exc.title, message,
+    page = error_page(exc.status, exc.title.format(api=api_name()), message,
                       action_url=url_for("call_downstream_api"), action_label="Try again")
     return (*page, headers)
 
@@ -155,7 +156,7 @@ def sign_in_loop_page(*, reason: str, policy: bool):
             action_url=url_for("index"), action_label="Back to the home page")
     if reason == "token_rejected":
         return error_page(
-            502, "Microsoft Graph did not accept the access token",
+            502, f"{api_name()} did not accept the access token",
             "Even a token from a new sign-in was refused, so signing in again will not help. "
             "The app registration's API permissions or the ENDPOINT setting may not match.",
             action_url=url_for("index"), action_label="Back to the home page")
@@ -225,6 +226,17 @@ def session_write_failed(response) -> None:
 
 def session_store_failed_this_request() -> bool:
     return g.get("session_store_error") is not None
+
+
+def provider_name() -> str:
+    """What pages call the identity provider ("Microsoft Entra ID", or its host name)."""
+    return provider.provider_name(current_app.config)
+
+
+def api_name() -> str:
+    """What pages call the API, at the start of a sentence ("Microsoft Graph", "The API")."""
+    name = provider.api_name(current_app.config)
+    return name[:1].upper() + name[1:]
 
 
 def describe(exc: BaseException) -> str:

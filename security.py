@@ -96,7 +96,7 @@ def _framable_by_the_identity_provider(app: Flask) -> list[tuple[str, str]]:
     provider's signed-out page, so that origin (and only it) may frame it. No X-Frame-Options:
     DENY would forbid that, and ALLOW-FROM is obsolete."""
     try:
-        discovery = app.extensions["auth"].discovery_for_sign_out()
+        discovery = app.extensions["auth"].discovery()
     except requests.RequestException:  # the authority's own origin still applies
         discovery = None
     policy = SECURITY_HEADERS["Content-Security-Policy"].replace(

@@ -7,6 +7,7 @@ import json
 from flask import Flask, g, session
 
 import app_config
+import provider
 from security import csrf_token_signed_once
 from sessions import SIGNED_IN_KEY
 
@@ -28,18 +29,37 @@ def tojson_pretty(value) -> str:
         return "(nested too deeply to show)"
 
 
+def as_value(value) -> str:
+    """Any JSON value as one line for a key/value list: nested values as compact JSON."""
+    if isinstance(value, (dict, list)) and not (isinstance(value, list) and all(
+            isinstance(v, (str, int, float)) for v in value)):
+        try:
+            return json.dumps(value, ensure_ascii=False)
+        except RecursionError:
+            return "(nested too deeply to show)"
+    return as_text(value)
+
+
 # The filters the templates use; bench/limit_app.py renders the same templates with them.
-TEMPLATE_FILTERS = {"as_text": as_text, "tojson_pretty": tojson_pretty}
+TEMPLATE_FILTERS = {"as_text": as_text, "as_value": as_value, "tojson_pretty": tojson_pretty,
+                    "display_name": provider.user_display_name}
+TEMPLATE_TESTS = {"graph_profile": provider.is_graph_profile}
 
 
 def init_templating(app: Flask) -> None:
     app.jinja_env.filters.update(TEMPLATE_FILTERS)
-    using_local_stand_in = app_config.uses_local_stand_in(app.config)  # settings are read once
-    csrf_token = csrf_token_signed_once(app)
+    # Settings are read once: what the pages call the provider and the API, too.
+    names = {
+        "using_local_stand_in": app_config.uses_local_stand_in(app.config),
+        "provider_name": provider.provider_name(app.config),
+        "api_name": provider.api_name(app.config),
+        "csrf_token": csrf_token_signed_once(app),
+    }
+    app.jinja_env.tests.update(TEMPLATE_TESTS)
 
     @app.context_processor
     def layout_context():
         user = g.get("user", NOT_LOOKED_UP)
         if user is NOT_LOOKED_UP:  # a page that did not ask identity (error pages, sign-out)
             user = session.get(SIGNED_IN_KEY) if "session_store_error" not in g else None
-        return {"current_user": user, "using_local_stand_in": using_local_stand_in, "csrf_token": csrf_token}
+        return {"current_user": user, **names}

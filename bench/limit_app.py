@@ -22,7 +22,7 @@ from flask import Flask, render_template
 from requests.adapters import HTTPAdapter
 
 from security import SECURITY_HEADERS as APP_SECURITY_HEADERS
-from templating import TEMPLATE_FILTERS
+from templating import TEMPLATE_FILTERS, TEMPLATE_TESTS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,9 +53,11 @@ def create_app() -> Flask:
     http.mount("http://", adapter)
     graph_headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
 
-    app.jinja_env.filters.update(TEMPLATE_FILTERS)  # the app's own filters, for the same pages
+    app.jinja_env.filters.update(TEMPLATE_FILTERS)  # the app's own filters and tests, for the same pages
+    app.jinja_env.tests.update(TEMPLATE_TESTS)
 
-    context = {"current_user": USER, "using_local_stand_in": True, "csrf_token": lambda: FIXED_CSRF_TOKEN}
+    context = {"current_user": USER, "using_local_stand_in": True, "csrf_token": lambda: FIXED_CSRF_TOKEN,
+               "provider_name": "Microsoft Entra ID", "api_name": "Microsoft Graph"}
 
     @app.context_processor
     def layout_context():

@@ -30,7 +30,7 @@ def test_full_flow_signs_in_shows_the_user_calls_graph_and_signs_out(client, aut
 
     home = client.get("/").get_data(as_text=True)
     assert ME["displayName"] in home and ME["userPrincipalName"] in home
-    assert "Call Microsoft Graph" in home
+    assert "Call the API" in home  # graph.example.test is not Microsoft Graph: see provider.api_name
 
     profile = client.get("/call_downstream_api")
     assert profile.status_code == 200
