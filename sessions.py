@@ -233,6 +233,9 @@ class _SignInAwareSessions:
 
     def regenerate(self, session) -> None:
         # Flask-Session's regenerate() skips empty sessions; a new id is wanted regardless.
+        if getattr(session, "idp_sid", None):  # signed in before: that session leaves the index
+            self.sid_index.remove(session.idp_sid, self._get_store_id(session.sid))
+            session.idp_sid = None
         self._delete_session(self._get_store_id(session.sid))
         session.sid = self._generate_sid(self.sid_length)
         session.modified = True

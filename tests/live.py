@@ -300,3 +300,30 @@ class RedisServer:
             self.process.terminate()
             self.process.wait(timeout=10)
         self.process = None
+
+
+# --- Conditional Access and sign-out everywhere (test_policies_real, test_sign_out_everywhere_real) ---
+
+IFRAME_SRC_RE = re.compile(r'<iframe\b[^>]*\bsrc="([^"]+)"')
+
+
+def query_of(url: str) -> dict[str, str]:
+    """A URL's query parameters, the first value of each."""
+    return {name: values[0] for name, values in parse_qs(urlsplit(url).query).items()}
+
+
+def iframe_sources(page_html: str) -> list[str]:
+    """The src of every iframe of a page, as a browser would load them."""
+    return [html.unescape(src) for src in IFRAME_SRC_RE.findall(page_html)]
+
+
+def follow_hinted_sign_in(person: WebUser, authorize_url: str) -> requests.Response:
+    """Follow the app's redirect to the stand-in's authorize endpoint with a login_hint and
+    no prompt: the stand-in must sign the user in at once (a 302 to the app's callback, no
+    account picker). Returns the callback's response."""
+    at_idp = person.http.get(authorize_url, allow_redirects=False, timeout=30)
+    assert at_idp.status_code == 302, f"the stand-in asked something ({at_idp.status_code}): {at_idp.text[:300]}"
+    callback = at_idp.headers["Location"]
+    assert urlsplit(callback).path == "/getAToken" and "code" in query_of(callback), callback
+    person.codes_seen.append(query_of(callback)["code"])
+    return person.http.get(callback, allow_redirects=False, timeout=30)
