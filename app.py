@@ -13,21 +13,21 @@ Where things happen:
 from __future__ import annotations
 
 import logging
-import time
 import warnings
 from pathlib import Path
 
 from flask import Flask, current_app, g, jsonify, redirect, render_template, request, session, url_for
-from flask_wtf.csrf import generate_csrf
 
 import app_config
+import b2c
+import client_credentials
 import conditional_access
 import errors
 import provider
 from downstream import DownstreamApi, TokenRejected
 from entra_auth import EntraAuth
 from logging_setup import configure_logging
-from security import init_security, safe_next_path
+from security import begin_signed_in_session, init_security, safe_next_path
 from sessions import SIGNED_IN_KEY, STORE_ERRORS, init_sessions
 from sign_out_everywhere import frontchannel_logout
 from templating import NOT_LOOKED_UP, init_templating
@@ -40,7 +40,6 @@ logger = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="response_mode='form_post' is recommended", category=UserWarning)
 
 ALLOWED_PROMPTS = {"select_account", "consent", "login"}
-SIGNED_IN_AT_KEY = "signed_in_at"
 
 FLASK_SETTINGS = {
     "SESSION_COOKIE_NAME": "session",
@@ -71,8 +70,13 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.config["PERMANENT_SESSION_LIFETIME"] = app.config["SESSION_LIFETIME_SECONDS"]
     configure_logging(app.config["LOG_LEVEL"])
     app.config["SECRET_KEY"] = app_config.secret_key_for(app.config, app.instance_path)
+    # Read once, here: problems() names what is wrong with it, the configuration page shows
+    # its thumbprints and expiry, and MSAL gets its key.
+    app.config["CLIENT_CERTIFICATE"] = client_credentials.read_configured_certificate(app.config)
 
     problems = app.extensions["config_problems"] = app_config.problems(app.config)
+    for problem in problems:  # also in the log: a server started with no browser looking
+        logger.warning("Configuration: %s %s %s", problem.key, problem.message, problem.where)
     if any(p.key in ("SESSION_TYPE", "REDIS_URL") for p in problems):
         app.config["SESSION_TYPE"] = "filesystem"  # enough to show the configuration page
     init_sessions(app, on_write_failure=errors.session_write_failed)
@@ -80,16 +84,22 @@ def create_app(test_config: dict | None = None) -> Flask:
     errors.register_error_handlers(app)
     init_templating(app)
 
-    app.extensions["auth"] = EntraAuth(
-        session=session,
-        client_id=app.config["CLIENT_ID"],
-        client_credential=app.config["CLIENT_SECRET"],
-        authority=(app.config["AUTHORITY"] or app_config.b2c_authority(app.config)) or None,
-        oidc_authority=app.config["OIDC_AUTHORITY"] or None,
-        pool_size=app.config["DOWNSTREAM_POOL_SIZE"],
-        client_capabilities=app.config["CLIENT_CAPABILITIES"],
-        carried_across_sign_in=[conditional_access.TRAIL_KEY],
-    )
+    client_credential = client_credentials.client_credential(app.config)  # CLIENT_SECRET or the certificate
+
+    def make_auth(authority: str | None) -> EntraAuth:
+        return EntraAuth(
+            session=session,
+            client_id=app.config["CLIENT_ID"],
+            client_credential=client_credential,
+            authority=authority or None,
+            oidc_authority=app.config["OIDC_AUTHORITY"] or None,
+            pool_size=app.config["DOWNSTREAM_POOL_SIZE"],
+            client_capabilities=app.config["CLIENT_CAPABILITIES"],
+            carried_across_sign_in=[conditional_access.TRAIL_KEY],
+        )
+
+    app.extensions["auth"] = make_auth(app.config["AUTHORITY"] or app_config.b2c_authority(app.config))
+    b2c.init_b2c(app, make_auth)  # Azure AD B2C's edit-profile and password-reset flows, if configured
     app.extensions["downstream_api"] = DownstreamApi(app.config["ENDPOINT"],
                                                      pool_size=app.config["DOWNSTREAM_POOL_SIZE"])
 
@@ -142,12 +152,11 @@ def login():
 def auth_response():
     # First value of each parameter, as a browser sent it. Every failure is raised by
     # complete_sign_in and answered in errors.py.
-    next_link = auth().complete_sign_in(request.args.to_dict())
-    # A new session id at sign-in: an id planted before sign-in is worth nothing after.
-    current_app.session_interface.regenerate(session)
-    session.pop("csrf_token", None)
-    generate_csrf()  # stored now, so that later page views need no session write
-    session[SIGNED_IN_AT_KEY] = int(time.time())
+    answer = request.args.to_dict()
+    if b2c.answers_a_user_flow(answer):  # Azure AD B2C: edit profile, password reset
+        return b2c.complete_user_flow(answer)
+    next_link = auth().complete_sign_in(answer)
+    begin_signed_in_session()  # a new session id, a new CSRF token
     return redirect(safe_next_path(next_link))
 
 

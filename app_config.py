@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 
 from dotenv import load_dotenv
 
+import client_credentials
+
 PROJECT_DIR = Path(__file__).resolve().parent
 DOTENV_PATH = PROJECT_DIR / ".env"
 
@@ -59,6 +61,17 @@ def _clean(value: str | None) -> str:
     return value
 
 
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
+
+
+def _flag(environ, key: str) -> bool | str:
+    """True or False; any other value is kept as it is, for problems() to name."""
+    raw = (environ.get(key) or "").strip()
+    if raw.lower() in _TRUE:
+        return True
+    return False if raw.lower() in _FALSE else raw
+
+
 def _int(environ, key: str, default: int) -> int:
     raw = (environ.get(key) or "").strip()
     try:
@@ -72,14 +85,25 @@ def load(environ=None) -> dict:
     environ = os.environ if environ is None else environ
     scope = (environ.get("SCOPE") or "").split() or ["User.Read"]
     b2c_tenant = _clean(environ.get("B2C_TENANT_NAME"))
-    b2c_flow = _clean(environ.get("B2C_SIGNUP_SIGNIN_USER_FLOW"))
+    b2c_flows = {ours: _b2c_setting(environ, ours, alias) for ours, alias in B2C_FLOW_ALIASES.items()}
     return {
         "CLIENT_ID": _clean(environ.get("CLIENT_ID")),
         "CLIENT_SECRET": _clean(environ.get("CLIENT_SECRET")),
+        # Instead of CLIENT_SECRET: a PEM file with the private key and its certificate (and
+        # possibly the rest of its chain), read once at start-up (client_credentials.py).
+        "CLIENT_CERTIFICATE_PATH": _clean(environ.get("CLIENT_CERTIFICATE_PATH")),
+        "CLIENT_CERTIFICATE_PASSWORD": (environ.get("CLIENT_CERTIFICATE_PASSWORD") or "").strip(),
+        # Send the certificate with every client assertion (x5c): what subject name/issuer
+        # authentication needs.
+        "CLIENT_CERTIFICATE_SEND_X5C": _flag(environ, "CLIENT_CERTIFICATE_SEND_X5C"),
         "AUTHORITY": _clean(environ.get("AUTHORITY")).rstrip("/"),
         "OIDC_AUTHORITY": _clean(environ.get("OIDC_AUTHORITY")).rstrip("/"),
         "B2C_TENANT_NAME": b2c_tenant,
-        "B2C_SIGNUP_SIGNIN_USER_FLOW": b2c_flow,
+        **{key: value for key, (value, _name) in b2c_flows.items()},
+        # Which names the B2C flows were read from: ours, or the official sample's aliases.
+        "B2C_SETTING_NAMES_USED": {key: name for key, (value, name) in b2c_flows.items() if value},
+        # B2C's host: <tenant>.b2clogin.com, or a custom domain (host or host:port).
+        "B2C_DOMAIN": _clean(environ.get("B2C_DOMAIN")).strip("/").lower(),
         "REDIRECT_PATH": (environ.get("REDIRECT_PATH") or "/getAToken").strip(),
         # Where the identity provider's signed-out page signs users out of this app too.
         "FRONTCHANNEL_LOGOUT_PATH": (environ.get("FRONTCHANNEL_LOGOUT_PATH") or "/logout/frontchannel").strip(),
@@ -118,10 +142,30 @@ def load(environ=None) -> dict:
     }
 
 
-def b2c_authority(config) -> str:
-    """The authority that Azure AD B2C's tenant name and user flow stand for."""
-    tenant, flow = config.get("B2C_TENANT_NAME"), config.get("B2C_SIGNUP_SIGNIN_USER_FLOW")
-    return f"https://{tenant}.b2clogin.com/{tenant}.onmicrosoft.com/{flow}" if tenant and flow else ""
+# Azure AD B2C user flows: our setting -> the official sample's name for it (ours wins).
+B2C_FLOW_ALIASES = {
+    "B2C_SIGNUP_SIGNIN_USER_FLOW": "SIGNUPSIGNIN_USER_FLOW",
+    "B2C_EDIT_PROFILE_USER_FLOW": "EDITPROFILE_USER_FLOW",
+    "B2C_RESET_PASSWORD_USER_FLOW": "RESETPASSWORD_USER_FLOW",
+}
+
+
+def _b2c_setting(environ, ours: str, alias: str) -> tuple[str, str]:
+    """(value, the name it was read from)."""
+    value = _clean(environ.get(ours))
+    if value:
+        return value, ours
+    value = _clean(environ.get(alias))
+    return value, (alias if value else ours)
+
+
+def b2c_authority(config, flow_key: str = "B2C_SIGNUP_SIGNIN_USER_FLOW") -> str:
+    """The authority of one Azure AD B2C user flow: https://<B2C_DOMAIN>/<tenant>.onmicrosoft.com/<flow>."""
+    tenant, flow = config.get("B2C_TENANT_NAME"), config.get(flow_key)
+    if not (tenant and flow):
+        return ""
+    domain = config.get("B2C_DOMAIN") or f"{tenant}.b2clogin.com"
+    return f"https://{domain}/{tenant}.onmicrosoft.com/{flow}"
 
 
 def is_loopback_url(url: str) -> bool:
@@ -135,13 +179,15 @@ def is_loopback_url(url: str) -> bool:
 
 
 def uses_local_stand_in(config) -> bool:
-    """True when the authority is on this machine: the local stand-in, never Entra ID."""
-    authority = config.get("OIDC_AUTHORITY") or config.get("AUTHORITY") or b2c_authority(config)
+    """True when Entra ID's authority (AUTHORITY, or B2C's) is on this machine: the local
+    stand-in. An OIDC_AUTHORITY on this machine is some other provider run locally."""
+    authority = "" if config.get("OIDC_AUTHORITY") else (config.get("AUTHORITY") or b2c_authority(config))
     return bool(authority) and is_loopback_url(authority)
 
 
 def is_local_development(config) -> bool:
-    return bool(config.get("TESTING") or config.get("RUN_FROM_CLI") or uses_local_stand_in(config))
+    authority = config.get("OIDC_AUTHORITY") or config.get("AUTHORITY") or b2c_authority(config)
+    return bool(config.get("TESTING") or config.get("RUN_FROM_CLI") or (authority and is_loopback_url(authority)))
 
 
 def _https_with_path(url: str) -> bool:
@@ -157,10 +203,7 @@ def problems(config) -> list[Problem]:
         found.append(Problem(
             "CLIENT_ID", "is not set.",
             f"{portal} > Overview > Application (client) ID."))
-    if not config.get("CLIENT_SECRET"):
-        found.append(Problem(
-            "CLIENT_SECRET", "is not set.",
-            f"{portal} > Certificates & secrets > New client secret; copy its Value (not its Secret ID)."))
+    found += _credential_problems(config, portal)
 
     has_authority = bool(config.get("AUTHORITY"))
     has_oidc = bool(config.get("OIDC_AUTHORITY"))
@@ -185,6 +228,8 @@ def problems(config) -> list[Problem]:
         found.append(Problem(
             missing, "is not set: Azure AD B2C needs both the tenant name and the user flow.",
             "Azure AD B2C > User flows: the sign-up and sign-in flow's name, e.g. B2C_1_signupsignin1."))
+    elif has_b2c:
+        found += _b2c_problems(config)
     elif not has_b2c:
         key = "OIDC_AUTHORITY" if has_oidc else "AUTHORITY"
         value = config.get(key, "")
@@ -238,6 +283,57 @@ def problems(config) -> list[Problem]:
         found.append(Problem("REDIS_URL", "is not set, but SESSION_TYPE=redis.",
                              "redis://host:6379/0, or rediss://<name>.redis.cache.windows.net:6380/0 "
                              "with the access key as password for Azure Cache for Redis."))
+    return found
+
+
+def _credential_problems(config, portal: str) -> list[Problem]:
+    """CLIENT_SECRET, or a certificate instead of it: exactly one, and a usable one."""
+    found: list[Problem] = []
+    has_secret, has_certificate = bool(config.get("CLIENT_SECRET")), bool(config.get("CLIENT_CERTIFICATE_PATH"))
+    if not has_secret and not has_certificate:
+        found.append(Problem(
+            "CLIENT_SECRET", "is not set (nor CLIENT_CERTIFICATE_PATH, for a certificate instead).",
+            f"{portal} > Certificates & secrets > New client secret; copy its Value (not its Secret ID). "
+            "Or upload a certificate there and set CLIENT_CERTIFICATE_PATH to its PEM file with the private key."))
+    elif has_secret and has_certificate:
+        found.append(Problem(
+            "CLIENT_SECRET", "contradicts CLIENT_CERTIFICATE_PATH: set one client credential, not both.",
+            "Remove CLIENT_SECRET to sign in with the certificate (and delete the secret under "
+            "Certificates & secrets once nothing uses it), or remove CLIENT_CERTIFICATE_PATH."))
+    send_x5c = config.get("CLIENT_CERTIFICATE_SEND_X5C", False)
+    if not isinstance(send_x5c, bool):
+        found.append(Problem("CLIENT_CERTIFICATE_SEND_X5C", "must be true or false.",
+                             "true only if the app registration uses subject name and issuer "
+                             "authentication (trustedCertificateSubjects in its manifest)."))
+    if not has_certificate:
+        # Somebody meant to use a certificate: say so rather than only "CLIENT_SECRET is not set".
+        stray = [key for key, value in (("CLIENT_CERTIFICATE_PASSWORD", config.get("CLIENT_CERTIFICATE_PASSWORD")),
+                                        ("CLIENT_CERTIFICATE_SEND_X5C", send_x5c is True)) if value]
+        if stray:
+            found.append(Problem("CLIENT_CERTIFICATE_PATH", f"is not set, but {' and '.join(stray)} is.",
+                                 "Set it to the PEM file with the certificate's private key and the "
+                                 "certificate, or remove the other CLIENT_CERTIFICATE_ settings."))
+        return found
+    reading = client_credentials.configured_certificate(config)
+    if reading is not None and reading.problem:
+        found.append(Problem(*reading.problem))
+    return found
+
+
+def _b2c_problems(config) -> list[Problem]:
+    found = []
+    domain = config.get("B2C_DOMAIN") or ""
+    if domain and not _https_with_path(f"https://{domain}/x"):
+        found.append(Problem("B2C_DOMAIN", "must be a host name, or host:port, such as login.contoso.com.",
+                             "Azure AD B2C > Custom domains."))
+    if domain and not domain.endswith(".b2clogin.com"):
+        # MSAL recognises a B2C authority on another host only by the flow's name.
+        for key in B2C_FLOW_ALIASES:
+            flow = config.get(key) or ""
+            if flow and not flow.lower().startswith("b2c_1"):
+                found.append(Problem(key, f"{flow} must start with B2C_1 on a custom domain (MSAL's rule for "
+                                          "recognising Azure AD B2C there).",
+                                     "Rename the user flow (B2C_1_...) or the custom policy (B2C_1A_...)."))
     return found
 
 

@@ -40,11 +40,13 @@ MAX_SIGN_INS_PER_PAGE = 2
 
 def login_hint_of(user: dict | None) -> str | None:
     """What to tell the identity provider about who is signing in again: the id token's
-    `login_hint` claim (Entra's optional claim, opaque), else `preferred_username`."""
+    `login_hint` claim (Entra's optional claim, opaque), else `preferred_username`, else an
+    email address (Azure AD B2C's `emails`)."""
     user = user or {}
-    for claim in ("login_hint", "preferred_username"):
-        if isinstance(user.get(claim), str) and user[claim]:
-            return user[claim]
+    emails = user.get("emails") if isinstance(user.get("emails"), list) else []
+    for value in (user.get("login_hint"), user.get("preferred_username"), user.get("email"), *emails[:1]):
+        if isinstance(value, str) and value:
+            return value
     return None
 
 

@@ -90,6 +90,13 @@ def _decodes_to_a_json_object(value: str) -> bool:
     return isinstance(decoded, dict)
 
 
+def _same_person(before: dict, after: dict) -> bool:
+    for claim in ("oid", "sub"):
+        if before.get(claim):
+            return before.get(claim) == after.get(claim)
+    return False
+
+
 def _id_token_in(serialized_token_cache: str) -> str | None:
     """The newest id token in a serialized MSAL token cache (MSAL's public cache API)."""
     cache = msal.SerializableTokenCache()
@@ -368,9 +375,13 @@ class EntraAuth(identity.web.Auth):
 
     # --- completing a sign-in ---------------------------------------------------------
 
-    def complete_sign_in(self, answer: dict) -> str | None:
+    def complete_sign_in(self, answer: dict, *, same_user: bool = False) -> str | None:
         """Finish the sign-in this browser started with the identity provider's `answer`
         (the callback's query parameters); return the path it should land on.
+
+        `same_user`: a user flow of the signed-in user (Azure AD B2C's edit profile): their
+        claims are updated in place and their tokens kept; an answer for anybody else is
+        refused (SignInFailed) and changes nothing.
 
         Every other outcome is raised: `SignInError` (the provider said no),
         `SignInFailed` (the callback completes no sign-in here: nothing is lost),
@@ -388,9 +399,14 @@ class EntraAuth(identity.web.Auth):
         flow = self._session.get(self._AUTH_FLOW) or {}
         next_link = flow.get(NEXT_LINK_KEY)
         self.http_client.token_requests = 0
+        someone_else = [False]
         try:
-            with self._replacing_the_session(answer, flow):
-                result = self.complete_log_in(answer)
+            if same_user:
+                with self._keeping_the_user() as someone_else:
+                    result = self.complete_log_in(answer)
+            else:
+                with self._replacing_the_session(answer, flow):
+                    result = self.complete_log_in(answer)
         except RuntimeError:  # MSAL: the id token's nonce is not the one we sent
             self.forget_pending_sign_in()
             logger.warning("Sign-in refused: id token nonce mismatch")
@@ -398,6 +414,9 @@ class EntraAuth(identity.web.Auth):
         if "error" in result:
             self.forget_pending_sign_in()
             raise SignInError(result, next_link)
+        if result and someone_else[0]:
+            logger.warning("User flow refused: it answered for another user than the one signed in")
+            raise SignInFailed("That answer is for another account than the one signed in here.")
         if result:
             return result.get("next_link")
         # identity's {}: no sign-in in progress, a state mismatch, a replay, or a parameter
@@ -436,6 +455,30 @@ class EntraAuth(identity.web.Auth):
                     self._session.pop(self._AUTH_FLOW, None)  # the code was spent
             else:
                 self._session.update({k: previous[k] for k in self.carried_across_sign_in if k in previous})
+
+    @contextlib.contextmanager
+    def _keeping_the_user(self):
+        """Complete a user flow of the signed-in user inside this block: their new claims
+        replace the old only if they are the same person (`oid`, else `sub`), and the
+        tokens they had are kept (the flow's own are not what the app asked for). Yields a
+        list that holds True afterwards if the flow answered for somebody else."""
+        before_user, before_cache = self._session.get(self._USER), self._session.get(self._TOKEN_CACHE)
+        if before_user is None:
+            raise SignInFailed("Nobody is signed in here, so there is no profile to edit.")
+        someone_else = [False]
+        try:
+            yield someone_else
+        finally:
+            after = self._session.get(self._USER)
+            if after is not before_user and not _same_person(before_user, after or {}):
+                self._session[self._USER] = before_user
+                someone_else[0] = True
+            if before_cache is not None:
+                self._session[self._TOKEN_CACHE] = before_cache
+
+    def pending_state(self) -> str | None:
+        """The OAuth state of the sign-in in progress, if any."""
+        return (self._session.get(self._AUTH_FLOW) or {}).get("state")
 
     def forget_pending_sign_in(self) -> None:
         """Drop the sign-in flow so that its state and code can never be used again."""

@@ -11,7 +11,7 @@ import uuid
 
 import redis
 import requests
-from flask import Flask, current_app, g, render_template, request, session, url_for
+from flask import Flask, current_app, g, redirect, render_template, request, session, url_for
 from flask.globals import request_ctx
 from flask_wtf.csrf import CSRFError
 from markupsafe import escape
@@ -29,6 +29,10 @@ from entra_auth import (
 )
 
 logger = logging.getLogger(__name__)
+
+# Token endpoint errors about the app itself (its secret or certificate), not the user:
+# signing in again cannot help (AADSTS7000215 wrong secret, AADSTS700027 unknown certificate).
+APP_CREDENTIAL_ERRORS = {"invalid_client", "unauthorized_client"}
 
 # identity's own answer when the token lacks a scope that was asked for (error invalid_scope).
 UNGRANTED_SCOPES = "Ungranted scope(s)"
@@ -102,11 +106,21 @@ def sign_in_failed(exc: SignInFailed):
 
 
 def sign_in_error(exc: SignInError):
+    from b2c import forgot_password  # b2c imports what errors does
+
+    if forgot_password(exc.result):  # Azure AD B2C's "Forgot your password?"
+        return redirect(url_for("reset_password", next=exc.next_link or "/"))
     if needs_consent(exc.result):  # e.g. identity's "Ungranted scope(s)"; /login checks the next link
         return consent_page(next_path=exc.next_link or "/")
-    status = 403 if exc.result.get("error") == "access_denied" else 400
+    error = exc.result.get("error")
+    if error in APP_CREDENTIAL_ERRORS:  # from the token endpoint: the app's own credential was refused
+        logger.error("The identity provider refused the app's credential: %s: %.300s", error,
+                     exc.result.get("error_description"))
+        return auth_error_page(exc.result, status=502, title="The app's credential was refused",
+                               app_misconfigured=True)
+    status = 403 if error == "access_denied" else 400
     if status == 400:  # repr: the text comes from the query string, newlines and all
-        logger.warning("Sign-in failed: %r", str(exc.result.get("error"))[:100])
+        logger.warning("Sign-in failed: %r", str(error)[:100])
     return auth_error_page(exc.result, status=status)
 
 
@@ -183,13 +197,14 @@ def consent_page(next_path: str):
         consent_url=url_for("login", prompt="consent", next=next_path)), 403
 
 
-def auth_error_page(result: dict, *, status: int, title: str | None = None):
+def auth_error_page(result: dict, *, status: int, title: str | None = None, app_misconfigured: bool = False):
     error = str(result.get("error", "unknown_error"))
     return render_template(
         "auth_error.html",
         title=title or ("Sign-in was cancelled" if error == "access_denied" else "Sign-in failed"),
         error=error,
         description=str(result.get("error_description", "")),
+        app_misconfigured=app_misconfigured,
     ), status
 
 

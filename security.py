@@ -4,6 +4,7 @@ that keeps `next` links on this site."""
 
 from __future__ import annotations
 
+import time
 from urllib.parse import urlsplit
 
 import requests
@@ -34,6 +35,7 @@ SECURITY_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
 }
 HSTS = ("Strict-Transport-Security", "max-age=31536000")
+SIGNED_IN_AT_KEY = "signed_in_at"
 # A longer `next` becomes "/": it travels in the pending sign-in's cookie (4 KB at most).
 MAX_NEXT_LENGTH = 1024
 # Remembered signed CSRF tokens per process (see csrf_token_signed_once).
@@ -179,6 +181,16 @@ def csrf_token_signed_once(app: Flask):
         return token
 
     return csrf_token
+
+
+def begin_signed_in_session() -> None:
+    """Right after a sign-in: a new session id (an id planted before sign-in is worth
+    nothing after), and a new CSRF token, stored now so that later page views need no
+    session write."""
+    current_app.session_interface.regenerate(session)
+    session.pop("csrf_token", None)
+    generate_csrf()
+    session[SIGNED_IN_AT_KEY] = int(time.time())
 
 
 def safe_next_path(value) -> str:

@@ -53,6 +53,10 @@ def init_templating(app: Flask) -> None:
         "using_local_stand_in": app_config.uses_local_stand_in(app.config),
         "provider_name": provider.provider_name(app.config),
         "api_name": provider.api_name(app.config),
+        # Azure AD B2C's user flows, when configured (b2c.py).
+        "offers_edit_profile": bool(app.config.get("B2C_TENANT_NAME") and app.config.get("B2C_EDIT_PROFILE_USER_FLOW")),
+        "offers_password_reset": bool(app.config.get("B2C_TENANT_NAME")
+                                      and app.config.get("B2C_RESET_PASSWORD_USER_FLOW")),
         "csrf_token": csrf_token_signed_once(app),
     }
     app.jinja_env.tests.update(TEMPLATE_TESTS)

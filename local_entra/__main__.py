@@ -10,11 +10,18 @@ import os
 import signal
 import sys
 import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from .assertions import make_self_signed_certificate
 from .standin import StandIn
 
 ENV_KEYS = ("AUTHORITY", "CLIENT_ID", "CLIENT_SECRET", "ENDPOINT", "REQUESTS_CA_BUNDLE")
+# What --make-client-certificate writes in its directory: the key and the certificate, one PEM.
+MADE_CERTIFICATE_NAME = "client-certificate.pem"
 
 
 def _port(name, default):
@@ -43,6 +50,14 @@ def parse_args(argv=None):
                         metavar="URI", default=[],
                         help="an app's front-channel logout URL, loaded with ?sid= when a session ends"
                              " (repeatable; default: none)")
+    parser.add_argument("--client-certificate", action="append", dest="client_certificates", metavar="PATH",
+                        default=[],
+                        help="register the certificate in this PEM file with the app registration (repeatable):"
+                             " client assertions signed with its key are accepted")
+    parser.add_argument("--make-client-certificate", metavar="DIR",
+                        help=f"make a key and a self-signed certificate in DIR/{MADE_CERTIFICATE_NAME} (or reuse"
+                             " the one there), register it, and print CLIENT_CERTIFICATE_PATH instead of"
+                             " CLIENT_SECRET")
     parser.add_argument("--write-env", metavar="PATH", help="also write the KEY=value lines to PATH")
     parser.add_argument("--ready-file", metavar="PATH",
                         help="create PATH once every listener accepts connections (removed on exit)")
@@ -58,14 +73,60 @@ def _write_atomically(path, text):
     os.replace(tmp, path)
 
 
+def made_client_certificate(directory):
+    """DIR/client-certificate.pem: the one already there while it has a day left, else a new
+    one (the app's .env keeps pointing at the same file across restarts)."""
+    path = Path(directory).expanduser().absolute() / MADE_CERTIFICATE_NAME
+    try:
+        data = path.read_bytes()
+        serialization.load_pem_private_key(data, None)
+        certificate = x509.load_pem_x509_certificate(data)
+        if certificate.not_valid_after_utc - datetime.now(UTC) > timedelta(days=1):
+            return path, data
+    except (OSError, ValueError, TypeError):
+        pass  # missing, damaged or encrypted: make a new one
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = make_self_signed_certificate()
+    # Written whole, readable by its owner only (it holds a private key), then put in place.
+    draft = path.with_name(f".{path.name}.{os.getpid()}")
+    descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(data)
+    os.replace(draft, path)
+    return path, data
+
+
+def _client_certificates(args):
+    """(PEM data to register, the path an app should use as CLIENT_CERTIFICATE_PATH or None)."""
+    registered, app_path = [], None
+    for name in args.client_certificates:
+        path = Path(name).expanduser().absolute()
+        data = path.read_bytes()
+        x509.load_pem_x509_certificate(data)  # fails now, with the file's name, if it holds none
+        registered.append(data)
+        if app_path is None and b"PRIVATE KEY-----" in data:
+            app_path = path
+    if args.make_client_certificate:
+        path, data = made_client_certificate(args.make_client_certificate)
+        registered.append(data)
+        app_path = path
+    return registered, app_path
+
+
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s local_entra %(message)s")
     kwargs = {"redirect_uris": args.redirect_uris} if args.redirect_uris else {}
+    try:
+        certificates, certificate_path = _client_certificates(args)
+    except (OSError, ValueError) as exc:
+        print(f"local_entra: client certificate: {exc}", file=sys.stderr)
+        return 2
     standin = StandIn(front_port=args.front_port, idp_port=args.idp_port, graph_port=args.graph_port,
                       access_token_lifetime=args.access_token_lifetime,
-                      frontchannel_logout_uris=args.frontchannel_logout_uris, **kwargs)
+                      frontchannel_logout_uris=args.frontchannel_logout_uris,
+                      client_certificates=certificates, **kwargs)
     try:
         standin.start()
     except OSError as exc:
@@ -76,9 +137,21 @@ def main(argv=None):
     # SIGTERM (a launcher or `kill`) takes the same clean path as Ctrl-C.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        settings = standin.settings
-        lines = "".join(f"{key}={settings[key]}\n" for key in ENV_KEYS)
+        settings = dict(standin.settings)
+        keys = list(ENV_KEYS)
+        if certificates:
+            # The app refuses a secret and a certificate together (the stand-in takes either).
+            keys.remove("CLIENT_SECRET")
+            if certificate_path is not None:
+                settings["CLIENT_CERTIFICATE_PATH"] = str(certificate_path)
+                keys.insert(keys.index("ENDPOINT"), "CLIENT_CERTIFICATE_PATH")
+        lines = "".join(f"{key}={settings[key]}\n" for key in keys)
         print(lines, end="", flush=True)
+        for thumbprint in standin.certificates.thumbprints:
+            print(f"# registered client certificate: SHA-1 thumbprint {thumbprint}", file=sys.stderr, flush=True)
+        if certificates and certificate_path is None:
+            print("# set CLIENT_CERTIFICATE_PATH to the PEM file with that certificate and its private key",
+                  file=sys.stderr, flush=True)
         print(f"# sign-in pages: {standin.front_url}  (registered redirect URIs: "
               f"{', '.join(standin.redirect_uris)})", file=sys.stderr, flush=True)
         if standin.frontchannel_logout_uris:

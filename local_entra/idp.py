@@ -10,6 +10,7 @@ from urllib.parse import unquote
 from flask import Flask, jsonify, request
 
 from . import claims
+from .assertions import JWT_BEARER, AssertionRefused
 from .errors import entra_error
 from .sso import login_hint
 from .tokens import GRAPH_APP_ID, client_info, pkce_s256
@@ -57,7 +58,10 @@ def create_idp_app(standin):
     @app.post("/<tenant>/oauth2/v2.0/token")
     def token(tenant):
         standin.record_request("token", grant_type=request.form.get("grant_type"),
-                               claims=request.form.get("claims"))
+                               claims=request.form.get("claims"),
+                               client_assertion_type=request.form.get("client_assertion_type"),
+                               client_secret_sent="client_secret" in request.form
+                               or request.headers.get("Authorization", "").lower().startswith("basic "))
         fault = standin.store.take_token_fault()
         if fault is not None:
             return entra_error(fault["error"], fault["description"], fault["status"])
@@ -90,7 +94,8 @@ def _invalid_tenant(tenant):
 
 
 def _authenticate_client(standin):
-    """Check client_secret_post or client_secret_basic; return an error response or None."""
+    """Check client_secret_post, client_secret_basic or private_key_jwt (a client assertion
+    signed with a registered certificate); return an error response or None."""
     client_id = request.form.get("client_id")
     secret = request.form.get("client_secret")
     auth = request.headers.get("Authorization", "")
@@ -113,6 +118,12 @@ def _authenticate_client(standin):
             f"AADSTS700016: Application with identifier '{client_id}' was not found in the"
             f" directory '{standin.tenant_id}'.",
         )
+    assertion_type, assertion = request.form.get("client_assertion_type"), request.form.get("client_assertion")
+    if assertion_type or assertion:
+        if secret:  # RFC 6749 2.3: one authentication method per request
+            return entra_error("invalid_request", "Send one client credential: 'client_assertion' or"
+                                                  " 'client_secret', not both.")
+        return _check_client_assertion(standin, client_id, assertion_type, assertion)
     if not secret:
         return entra_error(
             "invalid_client",
@@ -129,6 +140,23 @@ def _authenticate_client(standin):
             f" added to app '{client_id}'.",
             401,
         )
+    return None
+
+
+def _check_client_assertion(standin, client_id, assertion_type, assertion):
+    if assertion_type != JWT_BEARER:
+        return entra_error("invalid_request", "AADSTS90011: Unexpected client assertion type.")
+    if not assertion:
+        return entra_error(
+            "invalid_client",
+            "AADSTS7000218: The request body must contain the following parameter: 'client_assertion' or"
+            " 'client_secret'.",
+            401,
+        )
+    try:
+        standin.certificates.verify(assertion, client_id=client_id, audience=standin.token_endpoint)
+    except AssertionRefused as refused:
+        return entra_error(refused.error, refused.description, refused.status)
     return None
 
 

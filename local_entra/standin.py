@@ -11,6 +11,7 @@ import time
 import trustme
 
 from . import tokens
+from .assertions import CertificateCredentials
 from .front import create_front_app
 from .graph import create_graph_app
 from .idp import create_idp_app
@@ -38,6 +39,11 @@ class StandIn:
     browser pages), ``idp`` (https: discovery, token, keys) and ``graph``
     (https: /v1.0/me), and ``settings`` then holds what an app needs to use
     them. With ``testing=True`` failures can be injected and traffic counted.
+
+    The app registration accepts its client secret and, once certificates are registered
+    (``client_certificates``, ``register_certificate``), client assertions signed with them;
+    ``trusted_certificate_subjects`` (pairs of issuer CA certificate and subject, or
+    ``trust_certificate_subject``) allow subject name and issuer authentication (x5c).
     """
 
     def __init__(
@@ -52,6 +58,8 @@ class StandIn:
         graph_port=0,
         testing=False,
         frontchannel_logout_uris=(),
+        client_certificates=(),
+        trusted_certificate_subjects=(),
     ):
         self.client_id = client_id
         self.client_secret = client_secret
@@ -65,6 +73,10 @@ class StandIn:
         self.tenant_id = TENANT_ID
         self.graph_audience = tokens.GRAPH_APP_ID
         self.store = Store()
+        # The app registration's certificate credentials (Certificates & secrets > Certificates,
+        # and the manifest's trustedCertificateSubjects): what a client assertion is checked against.
+        self.certificates = CertificateCredentials(client_certificates, trusted_certificate_subjects,
+                                                   record_checks=testing)
         self.key = None
         self._ca_path = None
         self._hanging = False
@@ -161,6 +173,11 @@ class StandIn:
         return f"{self.front_url}/{self.tenant_id}/oauth2/v2.0/authorize"
 
     @property
+    def token_endpoint(self):
+        """Where tokens are requested: also the audience every client assertion must name."""
+        return f"{self.authority}/oauth2/v2.0/token"
+
+    @property
     def settings(self):
         """What an app needs: its registration, the authority, Graph and the CA to trust."""
         return {
@@ -178,7 +195,7 @@ class StandIn:
         return {
             "issuer": self.issuer,
             "authorization_endpoint": f"{front}/oauth2/v2.0/authorize",
-            "token_endpoint": f"{base}/oauth2/v2.0/token",
+            "token_endpoint": self.token_endpoint,
             "jwks_uri": f"{base}/discovery/v2.0/keys",
             "end_session_endpoint": f"{front}/oauth2/v2.0/logout",
             "response_types_supported": ["code"],
@@ -186,7 +203,7 @@ class StandIn:
             "subject_types_supported": ["pairwise"],
             "id_token_signing_alg_values_supported": ["RS256"],
             "scopes_supported": ["openid", "profile", "email", "offline_access"],
-            "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
+            "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
             "code_challenge_methods_supported": ["S256"],
             "claims_supported": [
                 "sub", "iss", "aud", "exp", "iat", "nbf", "nonce", "name",
@@ -204,6 +221,29 @@ class StandIn:
     def register_redirect_uri(self, uri):
         if uri not in self.redirect_uris:
             self.redirect_uris.append(uri)
+
+    # -- certificate credentials -------------------------------------------------------
+    def register_certificate(self, pem_or_cert):
+        """Upload a certificate to the app registration: client assertions signed with its key
+        and naming it by thumbprint (x5t, x5t#S256) are accepted. Takes PEM (text or bytes; a
+        file with a key and a chain names its certificate first) or an ``x509.Certificate``.
+        Returns its SHA-1 thumbprint (upper-case hex, as the portal shows it)."""
+        return self.certificates.register(pem_or_cert)
+
+    def unregister_certificate(self, thumbprint):
+        self.certificates.unregister(thumbprint)
+
+    def trust_certificate_subject(self, issuer, subject):
+        """Subject name and issuer authentication: accept assertions that carry their certificate
+        (x5c) when it has this subject (``CN=...``) and chains to ``issuer`` (a CA certificate)."""
+        self.certificates.trust_subject(issuer, subject)
+
+    @property
+    def client_assertion_checks(self):
+        """Each client assertion checked: ``found_by`` (x5t, x5t#S256 or x5c), ``thumbprint``,
+        ``alg``, ``x5c`` (certificates sent) and ``outcome`` ("ok" or the AADSTS code)."""
+        self._require_testing()
+        return self.certificates.checks
 
     def register_frontchannel_logout_uri(self, uri):
         if uri not in self.frontchannel_logout_uris:
@@ -289,6 +329,7 @@ class StandIn:
         self._require_testing()
         self.store.reset_counters()
         self.store.clear_records()
+        self.certificates.clear_checks()
 
     # -- recorded requests: what the app actually sent -------------------------------
     def record_request(self, kind, **params):
@@ -309,7 +350,8 @@ class StandIn:
 
     @property
     def token_requests(self):
-        """Each token request's ``grant_type`` and raw ``claims``."""
+        """Each token request's ``grant_type``, raw ``claims``, ``client_assertion_type`` and
+        ``client_secret_sent`` (in the form or as Basic credentials)."""
         return self.recorded_requests["token"]
 
     @property

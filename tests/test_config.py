@@ -121,9 +121,11 @@ def test_local_development_makes_one_secret_key_shared_by_workers(tmp_path):
 def test_env_sample_documents_every_setting():
     sample = (Path(__file__).parent.parent / ".env.sample").read_text()
     documented = set(re.findall(r"^#?([A-Z][A-Z0-9_]+)=", sample, flags=re.M))
-    read = _keys_read_by_load() - {"FLASK_RUN_FROM_CLI"}  # flask run's own variable
+    aliases = set(app_config.B2C_FLOW_ALIASES.values())  # the official sample's names, read too
+    read = _keys_read_by_load() - {"FLASK_RUN_FROM_CLI"} - aliases  # and flask run's own variable
     assert "CLIENT_ID" in read and "SECRET_KEY" in read
     assert read <= documented, f"undocumented: {read - documented}"
+    assert all(alias in sample for alias in aliases)
 
 
 class _RecordingEnvironment(dict):

@@ -131,3 +131,17 @@ def test_flask_leaves_no_url_adapter_when_the_host_is_not_trusted(tmp_path, fake
     app = create_app(fast_config(tmp_path, TRUSTED_HOSTS=["app.example"]))
     with app.test_request_context("/", headers={"Host": "evil.example"}):
         assert flask.globals.request_ctx.url_adapter is None
+
+
+def test_identity_log_in_keeps_the_flow_under_the_keys_entra_auth_writes():
+    assert identity.web.Auth._EXPLICITLY_REQUESTED_SCOPES == "identity.web.explicitly_requested_scopes"
+    complete = inspect.getsource(identity.web.Auth.complete_log_in)
+    assert "auth_flow[self._EXPLICITLY_REQUESTED_SCOPES]" in complete  # the ungranted-scope check
+    assert "flow.get(self.__NEXT_LINK)" in complete
+
+
+def test_identity_loads_and_saves_the_token_cache_through_these_methods():
+    assert list(inspect.signature(identity.web.Auth._load_cache).parameters) == ["self"]
+    assert list(inspect.signature(identity.web.Auth._save_cache).parameters) == ["self", "cache"]
+    source = inspect.getsource(identity.web.Auth._get_token_for_user)
+    assert "self._load_cache()" in source and "self._save_cache(cache)" in source
