@@ -29,7 +29,7 @@ GRAPH_ME = "https://graph.microsoft.com/v1.0/me"
 _PLACEHOLDER_MARKERS = ("enter_the", "<", "your_", "your-", "xxxxxxxx", "changeme")
 
 # Routes the app owns: REDIRECT_PATH must not shadow one of them.
-RESERVED_PATHS = {"/", "/login", "/logout", "/call_downstream_api", "/healthz"}
+RESERVED_PATHS = {"/", "/login", "/logout", "/call_downstream_api", "/healthz", "/profile/edit", "/password/reset"}
 
 SESSION_TYPES = ("filesystem", "redis")
 

@@ -14,7 +14,6 @@ Entra ID's habits are not universal, the provider's discovery document decides:
 
 from __future__ import annotations
 
-import ipaddress
 from urllib.parse import urlsplit
 
 import app_config
@@ -37,15 +36,6 @@ GRAPH_PROFILE_FIELDS = ("displayName", "userPrincipalName", "mail", "jobTitle")
 
 def _host(url: str) -> str:
     return (urlsplit(url or "").hostname or "").lower()
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def authority_url(config) -> str:
@@ -72,7 +62,8 @@ def api_name(config) -> str:
     endpoint = config.get("ENDPOINT") or ""
     host, path = _host(endpoint), urlsplit(endpoint).path
     # The local stand-in's Graph: on this machine, Graph's paths, next to an Entra authority.
-    if host in GRAPH_HOSTS or (is_entra(config) and _is_loopback(host) and path.startswith(("/v1.0/", "/beta/"))):
+    stand_in_graph = is_entra(config) and app_config.is_loopback_url(endpoint) and path.startswith(("/v1.0/", "/beta/"))
+    if host in GRAPH_HOSTS or stand_in_graph:
         return GRAPH_NAME
     return "the API"
 

@@ -13,6 +13,7 @@ import json
 import socket
 import time
 import uuid
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -338,3 +339,49 @@ def live_app(stand_in, tmp_path_factory):
     server = AppServer(stand_in, tmp_path_factory.mktemp("live-app")).start()
     yield server
     server.stop()
+
+
+# --- Chromium and Redis, shared by every tier that needs them -----------------------------
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium for the whole run (Playwright's sync API allows one at a time)."""
+    from live import CHROMIUM, CHROMIUM_ARGS, unavailable
+
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:  # pragma: no cover - depends on the machine
+        unavailable(f"playwright is not importable: {exc}")
+    if not Path(CHROMIUM).exists():
+        unavailable(f"{CHROMIUM} not found: apt-get install chromium")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+def require_redis_server() -> None:
+    from live import RedisServer, unavailable
+
+    if not RedisServer.available():
+        unavailable("redis-server is not installed (Debian/Ubuntu: apt-get install redis-server)")
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    from live import RedisServer
+
+    require_redis_server()
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_client(redis_server):
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    yield client
+    client.close()

@@ -26,6 +26,22 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 SECRET_KEY = "live-tier-secret-key-0123456789abcdefghijklmnopqrstuvwxyz"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# Debian's Chromium (Playwright's own browser download does not work here), with the flags
+# that keep it from reaching beyond this machine on its own.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+]
+
+
+def unavailable(reason: str):
+    """A missing browser or server is a skip on a laptop, but a failure in CI, where it must be there."""
+    import pytest
+
+    if IN_CI:
+        pytest.fail(f"{reason} (required under CI)", pytrace=False)
+    pytest.skip(reason)
 
 
 def listening_socket(port: int = 0) -> socket.socket:

@@ -41,11 +41,11 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pytest
 import requests
 
-from live import IN_CI, ROOT, AppServer, TlsFiles, wait_for
+from live import ROOT, AppServer, TlsFiles, unavailable, wait_for
 
 try:
     from playwright.sync_api import Error as PlaywrightError
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 except ImportError as exc:  # pragma: no cover - depends on the machine
     PLAYWRIGHT_MISSING: str | None = f"playwright is not importable: {exc}"
 else:
@@ -55,11 +55,6 @@ pytestmark = pytest.mark.real
 
 PROVIDER_DIR = ROOT / "tests" / "oidc_provider"
 MIN_NODE_MAJOR = 20  # oidc-provider 9 (jose 6) needs the WebCrypto global of Node.js 20+
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-]
 VIEWPORT = {"width": 1100, "height": 800}
 TIMEOUT_MS = 15_000  # generous: a wait, never a measurement
 ARTIFACTS = ROOT / "test-artifacts" / "any-provider"
@@ -70,13 +65,6 @@ EXPIRY_TTL = MSAL_EXPIRY_MARGIN + USABLE_SECONDS
 # SCOPE: MSAL adds openid, profile and offline_access itself and refuses them in SCOPE.
 SCOPE = "email"
 PASSWORD = "any password will do"
-
-
-def unavailable(reason: str):
-    """Something missing is a skip on a laptop, but a failure in CI, where it must be there."""
-    if IN_CI:
-        pytest.fail(f"{reason} (required under CI)", pytrace=False)
-    pytest.skip(reason)
 
 
 # --- the provider ------------------------------------------------------------------------
@@ -272,18 +260,6 @@ def short_lived(node, tmp_path_factory):
 
 
 # --- the browser ---------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if PLAYWRIGHT_MISSING:
-        unavailable(PLAYWRIGHT_MISSING)
-    if not Path(CHROMIUM).exists():
-        unavailable(f"{CHROMIUM} not found: apt-get install chromium")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
 
 
 def _on_loopback(url: str) -> bool:

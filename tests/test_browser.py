@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from live import IN_CI, ROOT, AppServer, TlsFiles
+from live import ROOT, AppServer, TlsFiles, unavailable
 from local_entra import USERS
 
 try:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 except ImportError as exc:  # pragma: no cover - depends on the machine
     PLAYWRIGHT_MISSING: str | None = f"playwright is not importable: {exc}"
 else:
@@ -33,11 +33,6 @@ else:
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-]
 VIEWPORT = {"width": 1100, "height": 800}
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
 DOCS_PROFILE = ROOT / "docs" / "profile.png"
@@ -45,25 +40,6 @@ TIMEOUT_MS = 15_000  # generous: a wait, never a measurement
 BLOCKING_IMPACTS = ("serious", "critical")
 
 PRIYA = USERS[0]
-
-
-def unavailable(reason: str):
-    """A missing browser is a skip on a laptop, but a failure in CI, where it must be there."""
-    if IN_CI:
-        pytest.fail(f"{reason} (required under CI)", pytrace=False)
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if PLAYWRIGHT_MISSING:
-        unavailable(PLAYWRIGHT_MISSING)
-    if not Path(CHROMIUM).exists():
-        unavailable(f"{CHROMIUM} not found: apt-get install chromium")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
 
 
 @pytest.fixture

@@ -11,11 +11,10 @@ import base64
 import json
 import re
 import time
-from pathlib import Path
 
 import pytest
 
-from live import IN_CI, ROOT, WebUser, follow_hinted_sign_in, query_of
+from live import ROOT, WebUser, follow_hinted_sign_in, query_of
 from local_entra import USERS
 from local_entra import claims as stand_in_claims
 from local_entra.sso import login_hint
@@ -217,31 +216,8 @@ def test_the_leak_patterns_find_what_they_look_for():
 
 # --- Chromium: a revocation and a step-up, without the account picker --------------------------
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-]
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
 TIMEOUT_MS = 15_000  # a wait, never a measurement
-
-
-@pytest.fixture(scope="module")
-def browser():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as exc:  # pragma: no cover - depends on the machine
-        reason = f"playwright is not importable: {exc}"
-    else:
-        reason = None if Path(CHROMIUM).exists() else f"{CHROMIUM} not found: apt-get install chromium"
-    if reason:
-        if IN_CI:
-            pytest.fail(f"{reason} (required under CI)", pytrace=False)
-        pytest.skip(reason)
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
 
 
 @pytest.fixture

@@ -26,7 +26,15 @@ import redis
 import live
 import sessions
 from app import create_app
-from conftest import ME, AuthActions, fast_config, home_page_shows_signed_in, pending_cookie, session_cookie
+from conftest import (
+    ME,
+    AuthActions,
+    fast_config,
+    home_page_shows_signed_in,
+    pending_cookie,
+    require_redis_server,
+    session_cookie,
+)
 from live import ROOT, AppServer, RedisServer, WebUser
 from local_entra import USERS
 from sessions import FileSystemSessions, RedisSessions
@@ -38,31 +46,6 @@ PENDING_LIFETIME = 3600
 
 
 # --- Redis ------------------------------------------------------------------------------
-
-
-def require_redis_server() -> None:
-    """Skip without redis-server on a developer's machine; in CI its absence is a failure."""
-    if RedisServer.available():
-        return
-    reason = "redis-server is not installed (Debian/Ubuntu: apt-get install redis-server)"
-    if live.IN_CI:
-        pytest.fail(f"{reason}; CI must run the Redis tests", pytrace=False)
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    require_redis_server()
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def redis_client(redis_server):
-    client = redis.Redis.from_url(redis_server.url)
-    yield client
-    client.close()
 
 
 def redis_env(redis_server, **extra) -> dict:
@@ -306,7 +289,7 @@ def test_missing_redis_server_skips_locally_and_fails_in_ci(monkeypatch):
     with pytest.raises(pytest.skip.Exception, match="redis-server is not installed"):
         require_redis_server()
     monkeypatch.setattr(live, "IN_CI", True)
-    with pytest.raises(pytest.fail.Exception, match="CI must run the Redis tests"):
+    with pytest.raises(pytest.fail.Exception, match="required under CI"):
         require_redis_server()
 
 

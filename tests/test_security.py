@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from werkzeug.test import EnvironBuilder, run_wsgi_app
@@ -327,3 +328,98 @@ def test_over_https_a_cookie_without_the_host_prefix_is_ignored(app, fake_entra)
     home = browser.get("/", base_url="https://localhost",
                        headers={"Cookie": f"session={attacker.get_cookie('session').value}"})
     assert "Signed in as" not in home.get_data(as_text=True)
+
+
+# --- what held up in the hostile review (issue 15), pinned ----------------------------------
+
+
+@pytest.mark.parametrize("next_value", [
+    "/%2F%2Fevil.example", "/%5Cevil.example", "/\tevil.example", "/\t/evil.example", "/\r\n/evil.example",
+    "/\u2215evil.example", "/\uff0fevil.example", "/\u0085/evil.example", "/\u2028/evil.example",
+    "//evil.example", "/\\evil.example", "https://evil.example", "/" + "a" * 2000,
+])
+def test_next_tricks_never_leave_the_site(client, auth, next_value):
+    params = auth.start(next_path=next_value)
+    done = auth.callback(code="c", state=params["state"])
+    location = done.headers["Location"]
+    assert done.status_code == 302
+    assert location.startswith("/") and not location.startswith(("//", "/\\"))
+    assert location.isascii() and not any(c in location for c in "\r\n\t\\")
+
+
+@pytest.mark.parametrize("prompt", ["none", "select_account%20consent", "login consent", "<x>", ""])
+def test_only_allow_listed_prompts_reach_the_identity_provider(client, prompt):
+    location = client.get("/login", query_string={"prompt": prompt}).headers["Location"]
+    assert parse_qs(urlsplit(location).query)["prompt"] == ["select_account"]
+
+
+def test_login_csrf_is_refused_in_every_state(app, fake_entra):
+    attacker = app.test_client()
+    attackers = AuthActions(attacker, fake_entra).start()  # the attacker's own code and state
+    forged = {"code": "attackers-code", "state": attackers["state"]}
+
+    fresh = app.test_client()  # a victim with no sign-in in progress
+    assert fresh.get("/getAToken", query_string=forged).status_code == 400
+    pending = app.test_client()  # a victim in the middle of their own sign-in
+    AuthActions(pending, fake_entra).start()
+    assert pending.get("/getAToken", query_string=forged).status_code == 400
+    signed_in = app.test_client()  # a signed-in victim: still themselves afterwards
+    AuthActions(signed_in, fake_entra).sign_in()
+    sid = signed_in.get_cookie("session").value
+    assert signed_in.get("/getAToken", query_string=forged).status_code == 400
+    assert signed_in.get_cookie("session").value == sid
+    assert not fake_entra.token_calls()[3:]  # none of the forged callbacks reached the token endpoint
+
+
+def test_an_unknown_or_attacker_chosen_session_id_is_replaced_and_a_planted_one_deleted(app, fake_entra):
+    victim = app.test_client()
+    victim.set_cookie("session", "attacker-chose-this-id")
+    AuthActions(victim, fake_entra).sign_in()
+    assert victim.get_cookie("session").value != "attacker-chose-this-id"
+    # A real session id planted in the victim's browser is deleted at the victim's sign-in.
+    attacker = app.test_client()
+    AuthActions(attacker, fake_entra).sign_in()
+    planted = attacker.get_cookie("session").value
+    browser = app.test_client()
+    browser.set_cookie("session", planted)
+    AuthActions(browser, fake_entra).sign_in()
+    assert browser.get_cookie("session").value != planted
+    interface = app.session_interface
+    with app.test_request_context():
+        assert interface._retrieve_session_data(interface._get_store_id(planted)) is None
+
+
+# --- the CSRF token, signed once per session while tokens carry no time -------------------
+
+
+def _count_signatures(monkeypatch) -> list:
+    import security
+
+    calls = []
+    real = security.generate_csrf
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(security, "generate_csrf", counted)
+    return calls
+
+
+def test_csrf_tokens_are_signed_once_per_session_without_a_time_limit(client, auth, monkeypatch):
+    auth.sign_in()
+    signatures = _count_signatures(monkeypatch)
+    first, second = (CSRF_RE.search(client.get("/").get_data(as_text=True)).group(1) for _ in range(2))
+    assert first == second and len(signatures) <= 1
+    assert auth.sign_out().status_code == 303  # and it is a valid token
+
+
+def test_csrf_tokens_are_signed_anew_when_a_time_limit_is_set(tmp_path, fake_entra, monkeypatch):
+    app = create_app(fast_config(tmp_path, WTF_CSRF_TIME_LIMIT=3600))
+    client = app.test_client()
+    auth = AuthActions(client, fake_entra)
+    auth.sign_in()
+    signatures = _count_signatures(monkeypatch)
+    forms = sum(client.get("/").get_data(as_text=True).count('name="csrf_token"') for _ in range(3))
+    assert len(signatures) == forms >= 3  # every form signs anew: a signature with a time is never reused
+    assert auth.sign_out().status_code == 303

@@ -16,18 +16,16 @@ import time
 import types
 import uuid
 from datetime import timedelta
-from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import flask
 import pytest
-import redis
 import requests
 
 import live
 from app import create_app
 from conftest import ISSUER, AuthActions, fast_config, home_page_shows_signed_in
-from live import IN_CI, ROOT, AppServer, RedisServer, WebUser, iframe_sources, wait_for
+from live import ROOT, AppServer, WebUser, iframe_sources, wait_for
 from local_entra import USERS
 from local_entra.sso import SESSION_COOKIE, login_hint
 from sessions import SIGNED_IN_KEY
@@ -42,31 +40,6 @@ FORM_RE = re.compile(r'<form method="post" action="([^"]+)">\s*<input type="hidd
 
 
 # --- Redis: two instances, one store --------------------------------------------------------
-
-
-def require_redis_server() -> None:
-    """Skip without redis-server on a developer's machine; in CI its absence is a failure."""
-    if RedisServer.available():
-        return
-    reason = "redis-server is not installed (Debian/Ubuntu: apt-get install redis-server)"
-    if IN_CI:
-        pytest.fail(f"{reason}; CI must run the Redis tests", pytrace=False)
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    require_redis_server()
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def redis_client(redis_server):
-    client = redis.Redis.from_url(redis_server.url)
-    yield client
-    client.close()
 
 
 @pytest.fixture(scope="module")
@@ -307,31 +280,8 @@ def test_a_sid_index_entry_does_not_outlive_its_session_when_the_browser_signs_i
 
 # --- Chromium ------------------------------------------------------------------------------
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-]
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
 TIMEOUT_MS = 15_000  # a wait, never a measurement
-
-
-@pytest.fixture(scope="module")
-def browser():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as exc:  # pragma: no cover - depends on the machine
-        reason = f"playwright is not importable: {exc}"
-    else:
-        reason = None if Path(CHROMIUM).exists() else f"{CHROMIUM} not found: apt-get install chromium"
-    if reason:
-        if IN_CI:
-            pytest.fail(f"{reason} (required under CI)", pytrace=False)
-        pytest.skip(reason)
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
 
 
 @pytest.fixture
