@@ -86,7 +86,7 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     client_credential = client_credentials.client_credential(app.config)  # CLIENT_SECRET or the certificate
 
-    def make_auth(authority: str | None) -> EntraAuth:
+    def make_auth(authority: str | None, user_flow: str | None = None) -> EntraAuth:
         return EntraAuth(
             session=session,
             client_id=app.config["CLIENT_ID"],
@@ -96,9 +96,11 @@ def create_app(test_config: dict | None = None) -> Flask:
             pool_size=app.config["DOWNSTREAM_POOL_SIZE"],
             client_capabilities=app.config["CLIENT_CAPABILITIES"],
             carried_across_sign_in=[conditional_access.TRAIL_KEY],
+            user_flow=user_flow,
         )
 
-    app.extensions["auth"] = make_auth(app.config["AUTHORITY"] or app_config.b2c_authority(app.config))
+    app.extensions["auth"] = make_auth(app.config["AUTHORITY"] or app_config.b2c_authority(app.config),
+                                       None if app.config["AUTHORITY"] else app.config["B2C_SIGNUP_SIGNIN_USER_FLOW"])
     b2c.init_b2c(app, make_auth)  # Azure AD B2C's edit-profile and password-reset flows, if configured
     app.extensions["downstream_api"] = DownstreamApi(app.config["ENDPOINT"],
                                                      pool_size=app.config["DOWNSTREAM_POOL_SIZE"])

@@ -30,9 +30,9 @@ B2C_FORGOT_CODE = "AADB2C90118"  # B2C's error when the user clicks "Forgot your
 
 
 def init_b2c(app: Flask, make_auth) -> None:
-    """With B2C user flows configured: one `EntraAuth` per flow (`make_auth(authority)`),
-    and their routes."""
-    flows = {key: make_auth(app_config.b2c_authority(app.config, key))
+    """With B2C user flows configured: one `EntraAuth` per flow
+    (`make_auth(authority, user_flow)`), and their routes."""
+    flows = {key: make_auth(app_config.b2c_authority(app.config, key), app.config[key])
              for key in (EDIT_PROFILE, RESET_PASSWORD) if app.config.get("B2C_TENANT_NAME") and app.config.get(key)}
     app.extensions["b2c_user_flows"] = flows
     if EDIT_PROFILE in flows:

@@ -48,6 +48,7 @@ DISCOVERY_RETRY_AFTER = 30
 # identity's session key for where a sign-in should land (its name-mangled __NEXT_LINK).
 NEXT_LINK_KEY = f"{identity.web.__name__}.next_link"
 END_SESSION_ENDPOINT = "end_session_endpoint"  # OpenID Connect RP-Initiated Logout's discovery key
+OIDC_SCOPES = {"openid", "profile", "offline_access", "email"}  # OpenID Connect's own, not an API's
 
 
 class IdentityProviderUnavailable(Exception):
@@ -155,7 +156,11 @@ class IdentityProviderClient:
                                              "is not a JSON object.")
         if response.ok:
             data = kwargs.get("data") if isinstance(kwargs.get("data"), dict) else {}
-            wanted = ["access_token", "token_type"]
+            # An access token is what OAuth promises, but only for a request that asked for
+            # an API's scope: one for OpenID Connect's own scopes alone (B2C's edit-profile
+            # flow, renewing an id token) gets an id token and no access token at B2C.
+            asked = set(str(data.get("scope") or "").split()) - OIDC_SCOPES
+            wanted = ["access_token", "token_type"] if asked or "access_token" in body else []
             if data.get("grant_type") == "authorization_code":
                 wanted.append("id_token")
             missing = [name for name in wanted if not isinstance(body.get(name), str)]
@@ -194,13 +199,16 @@ class EntraAuth(identity.web.Auth):
     """One per process: it shares its HTTP pool, MSAL's discovery cache and the L1 token cache."""
 
     def __init__(self, *, pool_size: int = 16, timeout=(IDP_CONNECT_TIMEOUT, IDP_READ_TIMEOUT),
-                 client_capabilities=(), carried_across_sign_in=(), **kwargs):
+                 client_capabilities=(), carried_across_sign_in=(), user_flow: str | None = None, **kwargs):
         super().__init__(http_cache=HttpCacheWithoutSharedThrottle(), **kwargs)
         # "cp1": this app handles claims challenges (CAE). MSAL merges it into the claims of
         # every authorize and token request.
         self.client_capabilities = list(client_capabilities)
         # Session keys of the app's own that survive a sign-in (see _replacing_the_session).
         self.carried_across_sign_in = tuple(carried_across_sign_in)
+        # Azure AD B2C: the user flow this authority is. Every flow of a tenant has the same
+        # issuer, so an id token says which flow issued it in `tfp` (`acr` for custom policies).
+        self.user_flow = user_flow
         self._http = pooled_session(pool_size=pool_size, timeout=timeout)
         self.http_client = IdentityProviderClient(self._http)
         self.l1_token_cache = L1TokenCache()
@@ -280,6 +288,9 @@ class EntraAuth(identity.web.Auth):
             raise IdTokenRejected("The id token comes from another issuer than the configured authority.")
         if tenant and tenant not in expected.split("/"):
             raise IdTokenRejected("The id token belongs to another tenant than the configured one.")
+        flow = claims.get("tfp") or claims.get("acr")
+        if self.user_flow and isinstance(flow, str) and flow.lower() != self.user_flow.lower():
+            raise IdTokenRejected("The id token comes from another user flow than the one this sign-in started.")
 
     # --- tokens -----------------------------------------------------------------------
 

@@ -55,6 +55,8 @@ def is_entra(config) -> bool:
 def provider_name(config) -> str:
     if config.get("PROVIDER_NAME"):
         return config["PROVIDER_NAME"]
+    if config.get("B2C_TENANT_NAME") and not (config.get("AUTHORITY") or config.get("OIDC_AUTHORITY")):
+        return "Azure AD B2C"
     return ENTRA_NAME if is_entra(config) else (_host(authority_url(config)) or "the identity provider")
 
 

@@ -1,7 +1,8 @@
 """Run the stand-in in the foreground: ``python -m local_entra [options]``.
 
 Prints the settings an app needs as KEY=value lines (and can write them to
-a file for a launcher), then serves until Ctrl-C or SIGTERM.
+a file for a launcher), then serves until Ctrl-C or SIGTERM. ``--b2c`` serves the
+tenant as Azure AD B2C and prints the B2C_* settings instead of AUTHORITY.
 """
 
 import argparse
@@ -16,10 +17,14 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from . import b2c
 from .assertions import make_self_signed_certificate
 from .standin import StandIn
 
 ENV_KEYS = ("AUTHORITY", "CLIENT_ID", "CLIENT_SECRET", "ENDPOINT", "REQUESTS_CA_BUNDLE")
+# --b2c: the tenant and its user flows instead of AUTHORITY (the app builds each flow's authority).
+B2C_ENV_KEYS = ("B2C_TENANT_NAME", "B2C_SIGNUP_SIGNIN_USER_FLOW", "B2C_EDIT_PROFILE_USER_FLOW",
+                "B2C_RESET_PASSWORD_USER_FLOW", "B2C_DOMAIN", *ENV_KEYS[1:])
 # What --make-client-certificate writes in its directory: the key and the certificate, one PEM.
 MADE_CERTIFICATE_NAME = "client-certificate.pem"
 
@@ -58,6 +63,10 @@ def parse_args(argv=None):
                         help=f"make a key and a self-signed certificate in DIR/{MADE_CERTIFICATE_NAME} (or reuse"
                              " the one there), register it, and print CLIENT_CERTIFICATE_PATH instead of"
                              " CLIENT_SECRET")
+    parser.add_argument("--b2c", action="store_true", default=b2c.requested(os.environ),
+                        help="serve the tenant as Azure AD B2C (user flows for sign-up/sign-in, edit profile and"
+                             " password reset) and print the B2C_* settings instead of AUTHORITY"
+                             " (default: on when LOCAL_ENTRA_B2C=1)")
     parser.add_argument("--write-env", metavar="PATH", help="also write the KEY=value lines to PATH")
     parser.add_argument("--ready-file", metavar="PATH",
                         help="create PATH once every listener accepts connections (removed on exit)")
@@ -126,7 +135,7 @@ def main(argv=None):
     standin = StandIn(front_port=args.front_port, idp_port=args.idp_port, graph_port=args.graph_port,
                       access_token_lifetime=args.access_token_lifetime,
                       frontchannel_logout_uris=args.frontchannel_logout_uris,
-                      client_certificates=certificates, **kwargs)
+                      client_certificates=certificates, b2c=args.b2c, **kwargs)
     try:
         standin.start()
     except OSError as exc:
@@ -138,7 +147,7 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         settings = dict(standin.settings)
-        keys = list(ENV_KEYS)
+        keys = list(B2C_ENV_KEYS if args.b2c else ENV_KEYS)
         if certificates:
             # The app refuses a secret and a certificate together (the stand-in takes either).
             keys.remove("CLIENT_SECRET")
@@ -152,6 +161,9 @@ def main(argv=None):
         if certificates and certificate_path is None:
             print("# set CLIENT_CERTIFICATE_PATH to the PEM file with that certificate and its private key",
                   file=sys.stderr, flush=True)
+        if args.b2c:
+            print(f"# Azure AD B2C user flows: {', '.join(standin.user_flows.values())}"
+                  f" (sign-up/sign-in: {standin.authority})", file=sys.stderr, flush=True)
         print(f"# sign-in pages: {standin.front_url}  (registered redirect URIs: "
               f"{', '.join(standin.redirect_uris)})", file=sys.stderr, flush=True)
         if standin.frontchannel_logout_uris:

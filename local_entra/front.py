@@ -1,23 +1,28 @@
 """The browser-facing pages: account picker (authorize) and /_test controls.
 
+In Azure AD B2C mode the authorize endpoints are the user flows' pages (``b2c_pages``).
+
 Plain http on loopback, so a browser shows no certificate warning. Every
 page is server-rendered with no script, and styled by our own stylesheet.
 Signing out (end-session, front-channel logout) lives in ``signout``.
 """
 
 import uuid
-from urllib.parse import urlencode, urlsplit
 
-from flask import Flask, abort, jsonify, make_response, redirect, render_template, request, url_for
+from flask import Flask, abort, jsonify, render_template, request, url_for
 
-from . import sso
+from . import authorize, sso
+from .b2c_pages import add_user_flow_pages
 from .signout import add_sign_out_routes
-from .users import USERS, find_user
 from .web import CONTENT_SECURITY_POLICY
 
 # The error page's heading and the status a browser gets when Entra would
 # refuse to redirect (unknown app, unregistered reply URL).
 _ERROR_TITLE = "Sorry, but we're having trouble signing you in."
+
+EXPIRED_REQUEST = ("AADSTS90015: This sign-in request has expired or was already used. Go back to the"
+                   " application and sign in again.")
+UNKNOWN_USER = "AADSTS50034: The user account does not exist in this directory."
 
 # Prompts that ask for the account question even when a hint names the user.
 _ASK_ANYWAY_PROMPTS = {"login", "select_account"}
@@ -27,6 +32,12 @@ def create_front_app(standin):
     app = Flask("local_entra.front")  # serves templates/ and static/ of this package
     app.jinja_env.filters["initials"] = _initials
 
+    @app.context_processor
+    def served_as():
+        # Every page names what it stands in for, so nobody mistakes it for the real thing.
+        return {"product": "Azure AD B2C" if standin.b2c else "Microsoft Entra ID",
+                "brand": "Azure AD B2C" if standin.b2c else "Entra ID"}
+
     def error_page(description, status=400):
         return render_template(
             "error.html",
@@ -35,97 +46,10 @@ def create_front_app(standin):
             correlation_id=str(uuid.uuid4()),
         ), status
 
-    @app.get("/<tenant>/oauth2/v2.0/authorize")
-    def authorize(tenant):
-        standin.store.count("authorize")
-        args = request.args
-        standin.record_request("authorize", client_id=args.get("client_id"), prompt=args.get("prompt"),
-                               login_hint=args.get("login_hint"), claims=args.get("claims"))
-        if not standin.is_tenant(tenant):
-            return error_page(f"AADSTS90002: Tenant '{tenant}' not found.")
-        client_id = args.get("client_id")
-        if not client_id:
-            return error_page("AADSTS900144: The request body must contain the following"
-                              " parameter: 'client_id'.")
-        if client_id != standin.client_id:
-            return error_page(f"AADSTS700016: Application with identifier '{client_id}' was not"
-                              f" found in the directory '{standin.tenant_id}'.")
-        redirect_uri = args.get("redirect_uri")
-        if redirect_uri not in standin.redirect_uris:
-            # Never redirect to an unregistered address: that is the open
-            # redirect Entra's check exists to prevent.
-            return error_page(f"AADSTS50011: The redirect URI '{redirect_uri or ''}' specified in"
-                              f" the request does not match the redirect URIs configured for the"
-                              f" application '{client_id}'.")
-        state = args.get("state")
-        response_mode = args.get("response_mode", "query")
-        if response_mode not in ("query", "form_post"):
-            response_mode = "query"
-
-        def fail(description):
-            return _back_to_client(redirect_uri, response_mode, {
-                "error": "invalid_request", "error_description": description, "state": state,
-            })
-
-        if args.get("response_type") != "code":
-            return fail(f"AADSTS700054: response_type '{args.get('response_type', '')}' is not"
-                        " enabled for the application; only 'code' is supported.")
-        scopes = args.get("scope", "").split()
-        if "openid" not in scopes:
-            return fail("AADSTS900144: The 'scope' parameter must include 'openid'.")
-        if not args.get("code_challenge"):
-            return fail("AADSTS9002325: Proof Key for Code Exchange is required:"
-                        " send a code_challenge.")
-        if args.get("code_challenge_method") != "S256":
-            return fail("AADSTS501491: Invalid code_challenge_method: only 'S256' is accepted.")
-        validated = {
-            "redirect_uri": redirect_uri,
-            "response_mode": response_mode,
-            "state": state,
-            "scopes": scopes,
-            "nonce": args.get("nonce"),
-            "code_challenge": args["code_challenge"],
-            "client_id": client_id,
-            "claims": args.get("claims"),
-        }
-        # A hint that names a user signs them in with no account question, as Entra
-        # does for a hinted user it knows (there is no password to ask for here).
-        hinted = sso.user_for_hint(args.get("login_hint"), standin.tenant_id)
-        if hinted is not None and not set(args.get("prompt", "").split()) & _ASK_ANYWAY_PROMPTS:
-            return _complete_sign_in(standin, validated, hinted)
-        # The validated request stays on the server; the form carries only its
-        # id, so the browser cannot alter the client, reply URL or challenge.
-        request_id = standin.store.add_pending(validated)
-        _, session = sso.current(standin)
-        return render_template(
-            "picker.html",
-            title="Pick an account",
-            users=USERS,
-            signed_in_id=session and session["user_id"],
-            request_id=request_id,
-            client_id=client_id,
-            action=url_for("pick", tenant=tenant),
-        )
-
-    @app.post("/<tenant>/oauth2/v2.0/authorize")
-    def pick(tenant):
-        if not standin.is_tenant(tenant):
-            return error_page(f"AADSTS90002: Tenant '{tenant}' not found.")
-        pending = standin.store.pop_pending(request.form.get("request_id"))
-        if pending is None:
-            return error_page("AADSTS90015: This sign-in request has expired or was already"
-                              " used. Go back to the application and sign in again.")
-        if "cancel" in request.form:
-            return _back_to_client(pending["redirect_uri"], pending["response_mode"], {
-                "error": "access_denied",
-                "error_subcode": "cancel",
-                "error_description": "AADSTS65004: User declined to consent to access the app.",
-                "state": pending["state"],
-            })
-        user = find_user(request.form.get("user_id"))
-        if user is None:
-            return error_page("AADSTS50034: The user account does not exist in this directory.")
-        return _complete_sign_in(standin, pending, user)
+    if standin.b2c:
+        add_user_flow_pages(app, standin, error_page)
+    else:
+        _add_authorize_routes(app, standin, error_page)
 
     add_sign_out_routes(app, standin, error_page)
 
@@ -142,42 +66,61 @@ def create_front_app(standin):
     return app
 
 
+def _add_authorize_routes(app, standin, error_page):
+    """Entra ID's authorize endpoint: the account picker."""
+
+    @app.get("/<tenant>/oauth2/v2.0/authorize")
+    def authorize_request(tenant):
+        standin.store.count("authorize")
+        args = request.args
+        standin.record_request("authorize", client_id=args.get("client_id"), prompt=args.get("prompt"),
+                               login_hint=args.get("login_hint"), claims=args.get("claims"))
+        if not standin.is_tenant(tenant):
+            return error_page(f"AADSTS90002: Tenant '{tenant}' not found.")
+        validated, refused = authorize.validate(standin, args, error_page)
+        if refused is not None:
+            return refused
+        # A hint that names a user signs them in with no account question, as Entra
+        # does for a hinted user it knows (there is no password to ask for here).
+        hinted = sso.user_for_hint(args.get("login_hint"), standin.tenant_id)
+        if hinted is not None and not set(args.get("prompt", "").split()) & _ASK_ANYWAY_PROMPTS:
+            return authorize.complete_sign_in(standin, validated, hinted)
+        # The validated request stays on the server; the form carries only its
+        # id, so the browser cannot alter the client, reply URL or challenge.
+        request_id = standin.store.add_pending(validated)
+        _, session = sso.current(standin)
+        return render_template(
+            "picker.html",
+            title="Pick an account",
+            users=standin.users(),
+            signed_in_id=session and session["user_id"],
+            request_id=request_id,
+            client_id=validated["client_id"],
+            action=url_for("pick", tenant=tenant),
+        )
+
+    @app.post("/<tenant>/oauth2/v2.0/authorize")
+    def pick(tenant):
+        if not standin.is_tenant(tenant):
+            return error_page(f"AADSTS90002: Tenant '{tenant}' not found.")
+        pending = standin.store.pop_pending(request.form.get("request_id"))
+        if pending is None:
+            return error_page(EXPIRED_REQUEST)
+        if "cancel" in request.form:
+            return authorize.back_to_client(pending["redirect_uri"], pending["response_mode"], {
+                "error": "access_denied",
+                "error_subcode": "cancel",
+                "error_description": "AADSTS65004: User declined to consent to access the app.",
+                "state": pending["state"],
+            })
+        user = standin.find_user(request.form.get("user_id"))
+        if user is None:
+            return error_page(UNKNOWN_USER)
+        return authorize.complete_sign_in(standin, pending, user)
+
+
 def _initials(user):
     return (user["givenName"][:1] + user["surname"][:1]).upper()
-
-
-def _complete_sign_in(standin, pending, user):
-    """Send ``user`` back to the app with a code, from this browser's session as them."""
-    cookie, session = sso.session_for(standin, user)
-    code = standin.store.add_code({
-        "client_id": pending["client_id"],
-        "redirect_uri": pending["redirect_uri"],
-        "code_challenge": pending["code_challenge"],
-        "nonce": pending["nonce"],
-        "scopes": pending["scopes"],
-        "claims": pending["claims"],
-        "user_id": user["id"],
-        "sid": session["sid"],
-    })
-    # Front-channel logout later tells the apps that got codes from this session.
-    standin.store.note_sign_in(cookie, pending["redirect_uri"])
-    answer = {"code": code, "state": pending["state"], "session_state": str(uuid.uuid4())}
-    response = make_response(_back_to_client(pending["redirect_uri"], pending["response_mode"], answer))
-    sso.remember(response, cookie)
-    return response
-
-
-def _back_to_client(redirect_uri, response_mode, params):
-    params = {k: v for k, v in params.items() if v is not None}
-    if response_mode == "form_post":
-        # No script allowed, so the user presses the button that an auto-submit
-        # script would otherwise press.
-        return render_template(
-            "form_post.html", title="Continue to the application",
-            redirect_uri=redirect_uri, params=params,
-        )
-    separator = "&" if urlsplit(redirect_uri).query else "?"
-    return redirect(redirect_uri + separator + urlencode(params), code=302)
 
 
 def _add_test_controls(app, standin):

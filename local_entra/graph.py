@@ -10,7 +10,6 @@ from flask import Flask, Response, request
 from . import claims as claims_request
 from .errors import graph_error_body
 from .tokens import GRAPH_AUDIENCES
-from .users import find_user
 
 # What Graph sends with JSON: clients that check the media type see the real one.
 GRAPH_JSON = "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8"
@@ -118,7 +117,7 @@ def create_graph_app(standin):
         scopes = {s.lower().removeprefix("https://graph.microsoft.com/") for s in claims.get("scp", "").split()}
         if not scopes & {"user.read", "user.readwrite", "user.read.all", "user.readwrite.all", "directory.read.all"}:
             return error(403, "Authorization_RequestDenied", "Insufficient privileges to complete the operation.")
-        user = find_user(claims.get("oid"))
+        user = standin.find_user(claims.get("oid"))
         if user is None:
             return error(404, "Request_ResourceNotFound",
                          f"Resource '{claims.get('oid')}' does not exist or one of its queried"

@@ -1,4 +1,8 @@
-"""The https back channel: OIDC discovery, the token endpoint and the signing keys."""
+"""The https back channel: OIDC discovery, the token endpoint and the signing keys.
+
+Entra ID serves them per tenant (``/<tenant>/...``); Azure AD B2C per user flow
+(``/<tenant>.onmicrosoft.com/<flow>/...``), with tokens shaped by ``b2c``.
+"""
 
 import base64
 import hmac
@@ -9,20 +13,16 @@ from urllib.parse import unquote
 
 from flask import Flask, jsonify, request
 
-from . import claims
+from . import b2c, claims
 from .assertions import JWT_BEARER, AssertionRefused
 from .errors import entra_error
 from .sso import login_hint
-from .tokens import GRAPH_APP_ID, client_info, pkce_s256
-from .users import find_user
-
-# Scopes that ask for sign-in data rather than access to a resource. They are
-# never put in an access token's ``scp``.
-OIDC_SCOPES = {"openid", "profile", "email", "offline_access"}
-GRAPH_PREFIX = "https://graph.microsoft.com/"
+from .tokens import GRAPH_APP_ID, bare_scope, client_info, pkce_s256, resource_scopes
 
 # The endpoints whose hits are counted, by Flask endpoint name.
-_COUNTED = {"discovery": "discovery", "discovery_v1": "discovery", "token": "token", "keys": "keys"}
+_COUNTED = {"discovery": "discovery", "discovery_v1": "discovery", "token": "token", "keys": "keys",
+            "flow_discovery": "discovery", "flow_discovery_v1": "discovery", "flow_token": "token",
+            "flow_keys": "keys"}
 
 
 def create_idp_app(standin):
@@ -37,6 +37,24 @@ def create_idp_app(standin):
         # but the answer never comes (until released): the failure mode that
         # needs client-side timeouts.
         standin.wait_while_idp_hangs()
+
+    if standin.b2c:
+        _add_user_flow_routes(app, standin)
+    else:
+        _add_tenant_routes(app, standin)
+    return app
+
+
+def _invalid_tenant(tenant):
+    return entra_error(
+        "invalid_tenant",
+        f"AADSTS90002: Tenant '{tenant}' not found. Check to make sure you have the"
+        " correct tenant ID and are signing into the correct cloud.",
+    )
+
+
+def _add_tenant_routes(app, standin):
+    """Entra ID: one discovery document, key set and token endpoint for the tenant."""
 
     @app.route("/<tenant>/v2.0/.well-known/openid-configuration")
     def discovery(tenant):
@@ -57,43 +75,77 @@ def create_idp_app(standin):
 
     @app.post("/<tenant>/oauth2/v2.0/token")
     def token(tenant):
-        standin.record_request("token", grant_type=request.form.get("grant_type"),
-                               claims=request.form.get("claims"),
-                               client_assertion_type=request.form.get("client_assertion_type"),
-                               client_secret_sent="client_secret" in request.form
-                               or request.headers.get("Authorization", "").lower().startswith("basic "))
-        fault = standin.store.take_token_fault()
-        if fault is not None:
-            return entra_error(fault["error"], fault["description"], fault["status"])
+        return _token_request(standin, tenant)
+
+
+def _add_user_flow_routes(app, standin):
+    """Azure AD B2C: the same endpoints once per user flow. MSAL reads a B2C authority's
+    discovery at <authority>/v2.0/.well-known/openid-configuration (instance_discovery=False)."""
+
+    def refused(tenant, flow):
         if not standin.is_tenant(tenant):
-            return _invalid_tenant(tenant)
-        problem = _authenticate_client(standin)
-        if problem is not None:
-            return problem
-        grant_type = request.form.get("grant_type")
-        if grant_type == "authorization_code":
-            standin.store.count("token_auth_code")
-            return _redeem_code(standin)
-        if grant_type == "refresh_token":
-            standin.store.count("token_refresh")
-            return _refresh(standin)
-        return entra_error(
-            "unsupported_grant_type",
-            f"AADSTS70003: The app requested an unsupported grant type '{grant_type}'.",
-        )
+            return b2c.b2c_error("invalid_tenant", f"The tenant '{tenant}' was not found.", 404)
+        if standin.user_flow(flow) is None:
+            return _unknown_flow(standin, flow)
+        return None
 
-    return app
+    @app.route("/<tenant>/<flow>/v2.0/.well-known/openid-configuration")
+    def flow_discovery(tenant, flow):
+        return refused(tenant, flow) or jsonify(standin.openid_configuration(standin.user_flow(flow)))
+
+    # The app's sign-out looks for the end-session endpoint at {authority}/.well-known/openid-configuration.
+    @app.route("/<tenant>/<flow>/.well-known/openid-configuration")
+    def flow_discovery_v1(tenant, flow):
+        return flow_discovery(tenant, flow)
+
+    @app.route("/<tenant>/<flow>/discovery/v2.0/keys")
+    def flow_keys(tenant, flow):
+        return refused(tenant, flow) or jsonify(standin.key.jwks())
+
+    @app.post("/<tenant>/<flow>/oauth2/v2.0/token")
+    def flow_token(tenant, flow):
+        return _token_request(standin, tenant, flow)
 
 
-def _invalid_tenant(tenant):
+def _unknown_flow(standin, flow):
+    return b2c.b2c_error("invalid_request", f"The user flow '{flow}' was not found in tenant"
+                                            f" '{standin.b2c_tenant_name}'.", 404)
+
+
+def _token_request(standin, tenant, flow=None):
+    """A token request at the tenant's token endpoint, or (B2C) at a user flow's."""
+    standin.record_request("token", grant_type=request.form.get("grant_type"),
+                           claims=request.form.get("claims"),
+                           client_assertion_type=request.form.get("client_assertion_type"),
+                           client_secret_sent="client_secret" in request.form
+                           or request.headers.get("Authorization", "").lower().startswith("basic "))
+    fault = standin.store.take_token_fault()
+    if fault is not None:
+        return entra_error(fault["error"], fault["description"], fault["status"])
+    if not standin.is_tenant(tenant):
+        return _invalid_tenant(tenant)
+    if standin.b2c:
+        canonical = standin.user_flow(flow)
+        if canonical is None:
+            return _unknown_flow(standin, flow)
+        flow = canonical
+    problem = _authenticate_client(standin, standin.token_endpoint_of(flow))
+    if problem is not None:
+        return problem
+    grant_type = request.form.get("grant_type")
+    if grant_type == "authorization_code":
+        standin.store.count("token_auth_code")
+        return _redeem_code(standin, flow)
+    if grant_type == "refresh_token":
+        standin.store.count("token_refresh")
+        return _refresh(standin, flow)
     return entra_error(
-        "invalid_tenant",
-        f"AADSTS90002: Tenant '{tenant}' not found. Check to make sure you have the"
-        " correct tenant ID and are signing into the correct cloud.",
+        "unsupported_grant_type",
+        f"AADSTS70003: The app requested an unsupported grant type '{grant_type}'.",
     )
 
 
-def _authenticate_client(standin):
+def _authenticate_client(standin, token_endpoint):
     """Check client_secret_post, client_secret_basic or private_key_jwt (a client assertion
     signed with a registered certificate); return an error response or None."""
     client_id = request.form.get("client_id")
@@ -123,7 +175,7 @@ def _authenticate_client(standin):
         if secret:  # RFC 6749 2.3: one authentication method per request
             return entra_error("invalid_request", "Send one client credential: 'client_assertion' or"
                                                   " 'client_secret', not both.")
-        return _check_client_assertion(standin, client_id, assertion_type, assertion)
+        return _check_client_assertion(standin, client_id, assertion_type, assertion, token_endpoint)
     if not secret:
         return entra_error(
             "invalid_client",
@@ -143,7 +195,7 @@ def _authenticate_client(standin):
     return None
 
 
-def _check_client_assertion(standin, client_id, assertion_type, assertion):
+def _check_client_assertion(standin, client_id, assertion_type, assertion, token_endpoint):
     if assertion_type != JWT_BEARER:
         return entra_error("invalid_request", "AADSTS90011: Unexpected client assertion type.")
     if not assertion:
@@ -154,7 +206,7 @@ def _check_client_assertion(standin, client_id, assertion_type, assertion):
             401,
         )
     try:
-        standin.certificates.verify(assertion, client_id=client_id, audience=standin.token_endpoint)
+        standin.certificates.verify(assertion, client_id=client_id, audience=token_endpoint)
     except AssertionRefused as refused:
         return entra_error(refused.error, refused.description, refused.status)
     return None
@@ -164,7 +216,8 @@ def _invalid_grant(description):
     return entra_error("invalid_grant", description)
 
 
-def _redeem_code(standin):
+def _redeem_code(standin, flow=None):
+    """``flow``: B2C's user flow whose token endpoint was called (None at Entra's)."""
     form = request.form
     grant, problem = standin.store.redeem_code(form.get("code"))
     if problem == "unknown":
@@ -185,6 +238,8 @@ def _redeem_code(standin):
     if grant["redirect_uri"] != form.get("redirect_uri"):
         return _invalid_grant("AADSTS500112: The reply address does not match the reply address"
                               " provided when requesting the authorization code.")
+    if standin.b2c and grant.get("flow") != flow:
+        return b2c.wrong_flow(flow, grant.get("flow"))
     verifier = form.get("code_verifier")
     if not verifier:
         return _invalid_grant("AADSTS50148: The code_verifier is required for this authorization"
@@ -203,13 +258,20 @@ def _redeem_code(standin):
         "stepped_up": claims.STEP_UP_POLICY_ID in claims.policy_ids(grant.get("claims")),
         "cae_nbf": _answered_nbf(None, sent),
     }
+    if standin.b2c:  # B2C's tokens name their flow, and say when the user signed in
+        lineage.update(flow=flow, auth_time=int(time.time()))
     return _token_response(standin, grant["user_id"], scopes, grant.get("nonce"), lineage, sent)
 
 
-def _refresh(standin):
+def _refresh(standin, flow=None):
     refused = _step_up_refusal(standin, request.form.get("refresh_token"))
     if refused is not None:
         return refused
+    if standin.b2c:
+        # Refused before the token is used up: B2C keeps it valid at its own flow's endpoint.
+        issued = standin.store.peek_refresh_token(request.form.get("refresh_token"))
+        if issued is not None and issued.get("flow") != flow:
+            return b2c.wrong_flow(flow, issued.get("flow"))
     grant, problem = standin.store.use_refresh_token(request.form.get("refresh_token"))
     if problem == "unknown":
         return _invalid_grant("AADSTS9002313: Invalid request. Request is malformed or invalid."
@@ -231,6 +293,8 @@ def _refresh(standin):
         "stepped_up": grant["stepped_up"],
         "cae_nbf": _answered_nbf(grant["cae_nbf"], sent),
     }
+    if standin.b2c:
+        lineage.update(flow=grant["flow"], auth_time=grant["auth_time"])
     # A refreshed id token carries no nonce: no authorize request preceded it.
     return _token_response(standin, grant["user_id"], scopes, None, lineage, sent)
 
@@ -264,12 +328,13 @@ def _step_up_refusal(standin, refresh_token):
 def _token_response(standin, user_id, scopes, nonce, lineage, sent):
     """Tokens for ``user_id``; ``lineage`` is what the new refresh token inherits
     (sid, stepped_up, cae_nbf); ``sent`` the raw claims of the sign-in and this request."""
-    user = find_user(user_id)
+    user = standin.find_user(user_id)
     if user is None:  # cannot happen unless USERS was edited while running
         return _invalid_grant("AADSTS50020: User account does not exist in tenant.")
-    resource_scopes = [s for s in scopes if s.lower() not in OIDC_SCOPES]
+    if standin.b2c:
+        return b2c.token_response(standin, user, scopes, nonce, lineage)
     # Tokens without resource scopes default to Graph's User.Read, as Entra does.
-    scp = " ".join(_bare(s) for s in resource_scopes) or "User.Read"
+    scp = " ".join(bare_scope(s) for s in resource_scopes(scopes)) or "User.Read"
     now = int(time.time())
     access_claims = {
         "aud": standin.graph_audience,
@@ -341,7 +406,3 @@ def _token_response(standin, user_id, scopes, nonce, lineage, sent):
     response.headers["client-request-id"] = request.headers.get("client-request-id", str(uuid.uuid4()))
     return response
 
-
-def _bare(scope):
-    """``https://graph.microsoft.com/User.Read`` -> ``User.Read``, as ``scp`` lists them."""
-    return scope[len(GRAPH_PREFIX):] if scope.lower().startswith(GRAPH_PREFIX) else scope

@@ -10,6 +10,7 @@ import time
 
 import trustme
 
+from . import b2c as b2c_mode
 from . import tokens
 from .assertions import CertificateCredentials
 from .front import create_front_app
@@ -17,7 +18,7 @@ from .graph import create_graph_app
 from .idp import create_idp_app
 from .servers import Listener
 from .state import Store
-from .users import find_user
+from .users import USERS, find_user
 from .web import origin
 
 # Fixed demo values so `python -m local_entra` and a checked-in .env.sample
@@ -44,6 +45,11 @@ class StandIn:
     (``client_certificates``, ``register_certificate``), client assertions signed with them;
     ``trusted_certificate_subjects`` (pairs of issuer CA certificate and subject, or
     ``trust_certificate_subject``) allow subject name and issuer authentication (x5c).
+
+    With ``b2c=True`` the tenant is served as Azure AD B2C instead (see ``local_entra.b2c``):
+    three user flows (``user_flows``: sign-up/sign-in, edit profile, password reset), each
+    an authority of its own (``flow_authority``), tokens in B2C's shape, and ``settings``
+    that hold the B2C_* keys instead of AUTHORITY.
     """
 
     def __init__(
@@ -60,7 +66,13 @@ class StandIn:
         frontchannel_logout_uris=(),
         client_certificates=(),
         trusted_certificate_subjects=(),
+        b2c=False,
+        b2c_tenant_name=b2c_mode.TENANT_NAME,
     ):
+        self.b2c = bool(b2c)
+        self.b2c_tenant_name = b2c_tenant_name
+        # kind (b2c.SIGN_UP_SIGN_IN, ...) -> the user flow's name; empty outside B2C mode.
+        self.user_flows = dict(b2c_mode.USER_FLOWS) if self.b2c else {}
         self.client_id = client_id
         self.client_secret = client_secret
         self.redirect_uris = list(redirect_uris)
@@ -70,7 +82,7 @@ class StandIn:
         self.access_token_lifetime = int(access_token_lifetime)
         self.id_token_lifetime = int(id_token_lifetime)
         self.testing = testing
-        self.tenant_id = TENANT_ID
+        self.tenant_id = b2c_mode.TENANT_ID if self.b2c else TENANT_ID
         self.graph_audience = tokens.GRAPH_APP_ID
         self.store = Store()
         # The app registration's certificate credentials (Certificates & secrets > Certificates,
@@ -161,27 +173,58 @@ class StandIn:
         return f"https://127.0.0.1:{self._graph.port}"
 
     @property
+    def tenant_segment(self):
+        """The tenant as URLs name it: its id (Entra), or <name>.onmicrosoft.com (B2C)."""
+        return f"{self.b2c_tenant_name}.onmicrosoft.com" if self.b2c else self.tenant_id
+
+    @property
     def authority(self):
+        """Entra: the tenant's authority. B2C: the sign-up/sign-in flow's."""
+        if self.b2c:
+            return self.flow_authority(self.user_flows[b2c_mode.SIGN_UP_SIGN_IN])
         return f"{self.idp_url}/{self.tenant_id}"
+
+    def flow_authority(self, flow):
+        """B2C: a user flow's authority, https://127.0.0.1:<idp port>/<tenant>.onmicrosoft.com/<flow>."""
+        return f"{self.idp_url}/{self.tenant_segment}/{flow}"
 
     @property
     def issuer(self):
-        return f"{self.authority}/v2.0"
+        # B2C: one issuer for every flow of the tenant, named by its id, with B2C's trailing slash.
+        return f"{self.idp_url}/{self.tenant_id}/v2.0/" if self.b2c else f"{self.authority}/v2.0"
 
     @property
     def authorization_endpoint(self):
+        if self.b2c:
+            return self.openid_configuration()["authorization_endpoint"]
         return f"{self.front_url}/{self.tenant_id}/oauth2/v2.0/authorize"
 
     @property
     def token_endpoint(self):
-        """Where tokens are requested: also the audience every client assertion must name."""
+        """Where tokens are requested: also the audience every client assertion must name
+        (B2C: the sign-up/sign-in flow's; ``token_endpoint_of`` names the others')."""
+        return self.token_endpoint_of(None)
+
+    def token_endpoint_of(self, flow):
+        if self.b2c:
+            return self.openid_configuration(flow)["token_endpoint"]
         return f"{self.authority}/oauth2/v2.0/token"
 
     @property
     def settings(self):
-        """What an app needs: its registration, the authority, Graph and the CA to trust."""
+        """What an app needs: its registration, the authority (B2C: the tenant, its domain
+        and its user flows), Graph and the CA to trust."""
+        if self.b2c:
+            where = {
+                "B2C_TENANT_NAME": self.b2c_tenant_name,
+                **{b2c_mode.FLOW_SETTINGS[kind]: name for kind, name in self.user_flows.items()},
+                # host:port: the app then builds https://127.0.0.1:<port>/<tenant>.onmicrosoft.com/<flow>.
+                "B2C_DOMAIN": self.idp_url.removeprefix("https://"),
+            }
+        else:
+            where = {"AUTHORITY": self.authority}
         return {
-            "AUTHORITY": self.authority,
+            **where,
             "CLIENT_ID": self.client_id,
             "CLIENT_SECRET": self.client_secret,
             "ENDPOINT": f"{self.graph_url}/v1.0/me",
@@ -189,7 +232,19 @@ class StandIn:
             "SCOPE": "User.Read",
         }
 
-    def openid_configuration(self):
+    def user_flow(self, name):
+        """B2C: the canonical name of a user flow named in a URL (B2C reads them without
+        regard to case), or None for one the tenant does not have."""
+        return next((flow for flow in self.user_flows.values() if flow.lower() == (name or "").lower()), None)
+
+    def user_flow_kind(self, flow):
+        return next((kind for kind, name in self.user_flows.items() if name == flow), None)
+
+    def openid_configuration(self, flow=None):
+        """The discovery document: the tenant's (Entra), or a user flow's (B2C; default
+        the sign-up/sign-in flow)."""
+        if self.b2c:
+            return b2c_mode.openid_configuration(self, flow or self.user_flows[b2c_mode.SIGN_UP_SIGN_IN])
         base = f"{self.idp_url}/{self.tenant_id}"
         front = f"{self.front_url}/{self.tenant_id}"
         return {
@@ -213,7 +268,20 @@ class StandIn:
         }
 
     def is_tenant(self, tenant):
-        return tenant.lower() == self.tenant_id
+        # B2C takes the tenant's name (<name>.onmicrosoft.com) or its id in its URLs.
+        return tenant.lower() in {self.tenant_id, self.tenant_segment.lower()}
+
+    # -- the directory -------------------------------------------------------------------
+    def find_user(self, key):
+        """The user whose id or userPrincipalName is ``key``, as this stand-in knows them now
+        (a name changed in B2C's edit-profile flow included), or None. A copy."""
+        user = find_user(key)
+        if user is None:
+            return None
+        return {**user, "displayName": self.store.display_name(user["id"]) or user["displayName"]}
+
+    def users(self):
+        return [self.find_user(user["id"]) for user in USERS]
 
     def registered_origins(self):
         return {origin(uri) for uri in self.redirect_uris}

@@ -51,6 +51,7 @@ class Store:
         self._codes = {}  # authorization code -> grant
         self._refresh = {}  # refresh token -> grant
         self._browser_sessions = {}  # the stand-in's session cookie value -> sign-in session
+        self._display_names = {}  # user id -> the name given in Azure AD B2C's edit-profile flow
         self._records = {kind: deque(maxlen=RECORD_LIMIT) for kind in RECORD_KINDS}
         self._token_fault = None
         self._graph_fault = None
@@ -259,6 +260,18 @@ class Store:
         with self._lock:
             session = self._browser_sessions.pop(cookie or "", None)
         return None if session is None else _session_snapshot(session)
+
+    # -- profile changes ------------------------------------------------------------
+    # The directory (users.USERS) is shared by every stand-in in the process; what one
+    # stand-in's edit-profile flow changes lives here, for that stand-in's lifetime only.
+    def set_display_name(self, user_id, name):
+        with self._lock:
+            self._display_names[user_id] = name
+
+    def display_name(self, user_id):
+        """The changed name of this user, or None."""
+        with self._lock:
+            return self._display_names.get(user_id)
 
     def _sweep(self, table):
         """Drop expired entries so long benchmark runs don't grow memory without bound.

@@ -11,6 +11,20 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 # Microsoft Graph's application id: the ``aud`` of every Graph access token.
 GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
 GRAPH_AUDIENCES = (GRAPH_APP_ID, "https://graph.microsoft.com")
+GRAPH_PREFIX = "https://graph.microsoft.com/"
+# Scopes that ask for sign-in data rather than access to a resource. They are
+# never put in an access token's ``scp``.
+OIDC_SCOPES = {"openid", "profile", "email", "offline_access"}
+
+
+def resource_scopes(scopes):
+    """The scopes that ask for access to an API (the ones an access token is for)."""
+    return [s for s in scopes if s.lower() not in OIDC_SCOPES]
+
+
+def bare_scope(scope):
+    """``https://graph.microsoft.com/User.Read`` -> ``User.Read``, as ``scp`` lists them."""
+    return scope[len(GRAPH_PREFIX):] if scope.lower().startswith(GRAPH_PREFIX) else scope
 
 
 def b64url(data):

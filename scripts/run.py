@@ -4,7 +4,8 @@ With a `.env` (or CLIENT_ID in the environment) the app runs alone, against Micr
 Entra ID. Without one, the local stand-in for Entra ID and Graph starts first, in this
 process, and the app is pointed at it through its settings alone: the app never imports
 the stand-in. Ctrl-C, SIGTERM (`kill`) or SIGHUP (the terminal closed) stops both, and the
-stand-in removes its temporary CA file.
+stand-in removes its temporary CA file. `LOCAL_ENTRA_B2C=1 make run` serves the stand-in as
+Azure AD B2C instead (its user flows: sign-up/sign-in, edit profile, password reset).
 """
 
 from __future__ import annotations
@@ -83,18 +84,22 @@ def main() -> int:
         print(f"Serving on http://localhost:{port} against Microsoft Entra ID (settings from .env).", flush=True)
         return _serve(flask_run, env, stop)
 
-    from local_entra import USERS, StandIn
+    from local_entra import USERS, StandIn, b2c
 
+    as_b2c = b2c.requested(env)
     stand_in = StandIn(redirect_uris=[f"http://localhost:{port}/getAToken", f"http://127.0.0.1:{port}/getAToken"],
                        frontchannel_logout_uris=[f"http://localhost:{port}/logout/frontchannel",
-                                                 f"http://127.0.0.1:{port}/logout/frontchannel"])
+                                                 f"http://127.0.0.1:{port}/logout/frontchannel"],
+                       b2c=as_b2c)
     try:
         stand_in.start()
         env.update({key: value for key, value in stand_in.settings.items() if isinstance(value, str)})
         names = ", ".join(user["displayName"] for user in USERS)
+        product = "Azure AD B2C" if as_b2c else "Microsoft Entra ID"
+        flows = f"  user flows: {', '.join(stand_in.user_flows.values())}\n" if as_b2c else ""
         print(
-            "\nNo .env found: using the local stand-in for Microsoft Entra ID and Microsoft Graph.\n"
-            f"  stand-in sign-in pages: {stand_in.front_url}\n"
+            f"\nNo .env found: using the local stand-in for {product} and Microsoft Graph.\n"
+            f"  stand-in sign-in pages: {stand_in.front_url}\n{flows}"
             f"  test users: {names}\n"
             f"Open http://localhost:{port} and click Sign in. Ctrl-C stops everything.\n"
             "To use your own tenant, copy .env.sample to .env and fill it in (see README).\n",

@@ -28,6 +28,7 @@ class FakeB2C:
         self.rsps, self.domain = rsps, domain
         self.user = dict(ADELE)
         self.nonce = None
+        self.tfp = None  # a flow name to put in id tokens instead of the right one
         self.errors: list[dict] = []
         self.issued_access_tokens: list[str] = []
         self.token_requests: list[tuple[str, dict]] = []
@@ -48,9 +49,8 @@ class FakeB2C:
         return f"https://{self.domain}/{TENANT}.onmicrosoft.com/{flow}"
 
     def issuer(self, flow: str) -> str:
-        # Each flow publishes its own issuer: B2C's issuer names the tenant id (and here the
-        # flow too, so that a token of one flow cannot pass for another's).
-        return f"https://{self.domain}/{TENANT_ID}/{flow}/v2.0/"
+        # B2C's shape: one issuer for every flow of a tenant; the id token's `tfp` names the flow.
+        return f"https://{self.domain}/{TENANT_ID}/v2.0/"
 
     def _token(self, flow, request):
         form = {k: v[0] for k, v in parse_qs(request.body).items()}
@@ -62,14 +62,17 @@ class FakeB2C:
                   "iat": now, "nbf": now, "exp": now + 3600, "ver": "1.0", **self.user}
         if form.get("grant_type") == "authorization_code" and self.nonce:
             claims["nonce"] = self.nonce
-        access_token = make_jwt({"scp": "User.Read", "oid": self.user["oid"], "jti": uuid.uuid4().hex})
-        self.issued_access_tokens.append(access_token)
-        return 200, {}, json.dumps({
-            "token_type": "Bearer", "scope": "User.Read openid profile offline_access", "expires_in": 3600,
-            "access_token": access_token, "refresh_token": "rt-" + uuid.uuid4().hex, "id_token": make_jwt(claims),
+        answer = {
+            "refresh_token": "rt-" + uuid.uuid4().hex, "id_token": make_jwt({**claims, "tfp": self.tfp or flow}),
             "client_info": _b64url(json.dumps({"uid": f"{self.user['oid']}-{flow.lower()}",
                                                "utid": TENANT_ID}).encode()),
-        })
+        }
+        if "User.Read" in form.get("scope", ""):  # B2C issues an access token only for an API's scope
+            access_token = make_jwt({"scp": "User.Read", "oid": self.user["oid"], "jti": uuid.uuid4().hex})
+            self.issued_access_tokens.append(access_token)
+            answer.update(token_type="Bearer", scope="User.Read openid profile offline_access", expires_in=3600,
+                          access_token=access_token)
+        return 200, {}, json.dumps(answer)
 
 
 def b2c_config(tmp_path, **extra):
@@ -193,11 +196,10 @@ def test_any_other_b2c_error_is_shown_as_a_sign_in_error(b2c):
     assert callback.status_code == 403 and "AADB2C90091" in callback.get_data(as_text=True)
 
 
-def test_an_id_token_from_another_flow_s_issuer_is_refused(b2c):
+def test_an_id_token_from_another_user_flow_is_refused(b2c):
     app, fake = b2c
     client = app.test_client()
-    real_issuer = fake.issuer
-    fake.issuer = lambda flow: real_issuer(FLOWS["edit"])  # the sign-in flow answers with another issuer
+    fake.tfp = FLOWS["edit"]  # the sign-in flow's token endpoint answers with another flow's id token
     callback, _ = follow_to(client, fake, client.get("/login"), FLOWS["susi"])
     assert callback.status_code == 400 and "Sign-in refused" in callback.get_data(as_text=True)
     assert "Signed in as" not in header(client)
@@ -253,3 +255,15 @@ def test_a_flow_on_a_custom_domain_works_end_to_end(tmp_path):
         app = create_app(b2c_config(tmp_path, B2C_DOMAIN="login.contoso.example"))
         client = signed_in(app, fake)
         assert "Signed in as <strong>Adele Vance</strong>" in header(client)
+
+
+def test_an_expired_b2c_id_token_is_renewed_without_an_access_token(b2c, monkeypatch):
+    app, fake = b2c
+    client = signed_in(app, fake)
+    import identity.web
+
+    monkeypatch.setattr(identity.web, "_is_valid", lambda claims: False)  # as if it expired
+    fake.user["name"] = "Adele (renewed)"
+    assert "Signed in as <strong>Adele (renewed)</strong>" in header(client)
+    _flow, form = fake.token_requests[-1]
+    assert form["grant_type"] == "refresh_token" and "User.Read" not in form["scope"]

@@ -5,8 +5,11 @@ the stand-in speaks the protocol the app's libraries expect.
 """
 
 import base64
+import html
 import json
 import re
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -20,8 +23,9 @@ import msal
 import pytest
 import requests
 
-from live import IN_CI
-from local_entra import USERS, StandIn
+import app_config
+from live import wait_for
+from local_entra import USERS, StandIn, b2c
 from local_entra import __main__ as local_entra_cli
 from local_entra.claims import STEP_UP_POLICY_ID
 from local_entra.sso import SESSION_COOKIE
@@ -748,46 +752,305 @@ def fake_app(standin):
     server.server_close()
 
 
-CHROMIUM = "/usr/bin/chromium"  # Debian's, as in the browser tier
-
-
-def sync_playwright_or_skip():
-    """Playwright and Chromium, or a skip on a laptop (a failure under CI, where they must be)."""
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as exc:
-        reason = f"playwright is not importable: {exc}"
-    else:
-        if Path(CHROMIUM).exists():
-            return sync_playwright
-        reason = f"{CHROMIUM} not found: apt-get install chromium"
-    if IN_CI:
-        pytest.fail(f"{reason} (required under CI)", pytrace=False)
-    pytest.skip(reason)
-
-
 @pytest.mark.browser
-def test_chromium_loads_the_frontchannel_logout_url_when_the_user_signs_out_elsewhere(standin, msal_app, fake_app):
+def test_chromium_loads_the_frontchannel_logout_url_when_the_user_signs_out_elsewhere(
+        standin, msal_app, fake_app, browser):
     """The hidden iframe really loads under the signed-out page's Content-Security-Policy."""
-    sync_playwright = sync_playwright_or_skip()
-
+    # The session's one Chromium (conftest's `browser`): Playwright's sync API allows only one
+    # at a time, so a second one started here failed whenever the browser tier ran first.
     flow = msal_app.initiate_auth_code_flow(SCOPES, redirect_uri=f"{fake_app.url}/getAToken")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"])
-        try:
-            page = browser.new_page()
-            page.set_default_timeout(10_000)
-            page.goto(flow["auth_uri"])
-            page.get_by_role("button", name=re.compile(USERS[0]["displayName"])).click()
-            page.wait_for_url(f"{fake_app.url}/getAToken?**")
-            callback = {k: v[0] for k, v in parse_qs(urlsplit(page.url).query).items()}
-            sid = msal_app.acquire_token_by_auth_code_flow(flow, callback)["id_token_claims"]["sid"]
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.set_default_timeout(10_000)
+        page.goto(flow["auth_uri"])
+        page.get_by_role("button", name=re.compile(USERS[0]["displayName"])).click()
+        page.wait_for_url(f"{fake_app.url}/getAToken?**")
+        callback = {k: v[0] for k, v in parse_qs(urlsplit(page.url).query).items()}
+        sid = msal_app.acquire_token_by_auth_code_flow(flow, callback)["id_token_claims"]["sid"]
 
-            page.goto(standin.front_url + "/")
-            page.get_by_role("button", name="Sign out everywhere").click()
-            page.get_by_role("heading", name="You signed out of your account").wait_for()
-        finally:
-            browser.close()
+        page.goto(standin.front_url + "/")
+        page.get_by_role("button", name="Sign out everywhere").click()
+        page.get_by_role("heading", name="You signed out of your account").wait_for()
+    finally:
+        context.close()
     assert f"/logout/frontchannel?sid={sid}" in fake_app.calls
+
+
+# --- Azure AD B2C mode ---------------------------------------------------------------------
+
+B2C_FLOWS = ("B2C_1_signupsignin1", "B2C_1_profileediting1", "B2C_1_passwordreset1")
+SUSI, EDIT, RESET = B2C_FLOWS
+
+
+@pytest.fixture(scope="module")
+def b2c_standin():
+    s = StandIn(b2c=True, testing=True).start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def b2c_http(b2c_standin):
+    """A browser at the B2C stand-in: its cookie jar is its session there."""
+    session = requests.Session()
+    session.trust_env = False
+    session.verify = b2c_standin.settings["REQUESTS_CA_BUNDLE"]
+    yield session
+    session.close()
+
+
+def b2c_app(standin, http, flow=SUSI):
+    """A confidential client of one user flow's authority, as identity builds it."""
+    return msal.ConfidentialClientApplication(
+        standin.client_id, client_credential=standin.client_secret, authority=standin.flow_authority(flow),
+        instance_discovery=False, http_client=http)
+
+
+def query_of(response):
+    assert response.status_code == 302, response.text[:300]
+    location = urlsplit(response.headers["Location"])
+    assert f"{location.scheme}://{location.netloc}{location.path}" == REDIRECT_URI
+    return {key: values[0] for key, values in parse_qs(location.query).items()}
+
+
+def b2c_sign_in(standin, http, user=USERS[0], scopes=SCOPES):
+    """Sign ``user`` in through the sign-up/sign-in flow: by the picker, or at once when this
+    browser is signed in as them already (B2C's single sign-on)."""
+    app = b2c_app(standin, http)
+    flow = app.initiate_auth_code_flow(scopes, redirect_uri=REDIRECT_URI)
+    at_idp = http.get(flow["auth_uri"], allow_redirects=False)
+    answer = query_of(at_idp) if at_idp.status_code == 302 else pick_account(standin, http, flow["auth_uri"], user)
+    result = app.acquire_token_by_auth_code_flow(flow, answer)
+    assert result.get("id_token_claims", {}).get("oid") == user["id"], result
+    return app, result
+
+
+def only_form(standin, http, page_text, **fields):
+    """Submit a page's one form with its hidden fields and ``fields``."""
+    (form,) = parse_page(page_text).forms
+    return http.post(standin.front_url + html.unescape(form["action"]), data={**form["fields"], **fields},
+                     allow_redirects=False)
+
+
+def test_b2c_settings_name_the_tenant_its_user_flows_and_domain_instead_of_authority(b2c_standin):
+    settings = b2c_standin.settings
+    assert "AUTHORITY" not in settings
+    assert settings["B2C_TENANT_NAME"] == "contosob2c"
+    assert (settings["B2C_SIGNUP_SIGNIN_USER_FLOW"], settings["B2C_EDIT_PROFILE_USER_FLOW"],
+            settings["B2C_RESET_PASSWORD_USER_FLOW"]) == B2C_FLOWS
+    assert settings["B2C_DOMAIN"] == b2c_standin.idp_url.removeprefix("https://")
+    assert settings["ENDPOINT"] == f"{b2c_standin.graph_url}/v1.0/me" and settings["CLIENT_ID"]
+    # The authority an app builds from them (app_config's rule) is the stand-in's.
+    assert app_config.b2c_authority(settings) == b2c_standin.authority == b2c_standin.flow_authority(SUSI)
+
+
+def test_b2c_each_user_flow_has_discovery_where_msal_looks_for_it(b2c_standin, b2c_http):
+    issuer = f"{b2c_standin.idp_url}/{b2c_standin.tenant_id}/v2.0/"
+    for flow in B2C_FLOWS:
+        authority = b2c_standin.flow_authority(flow)
+        config = b2c_http.get(f"{authority}/v2.0/.well-known/openid-configuration").json()
+        # The app's sign-out reads it without /v2.0.
+        assert config == b2c_http.get(f"{authority}/.well-known/openid-configuration").json()
+        assert config["issuer"] == issuer  # B2C's shape: one issuer per tenant, trailing slash
+        path = f"/contosob2c.onmicrosoft.com/{flow.lower()}/"
+        assert config["authorization_endpoint"] == f"{b2c_standin.front_url}{path}oauth2/v2.0/authorize"
+        assert config["end_session_endpoint"] == f"{b2c_standin.front_url}{path}oauth2/v2.0/logout"
+        assert config["token_endpoint"] == f"{b2c_standin.idp_url}{path}oauth2/v2.0/token"
+        assert b2c_http.get(config["jwks_uri"]).json()["keys"][0]["kid"]
+        # MSAL takes it for B2C (the flow's B2C_1 prefix) and reads that very document.
+        app = b2c_app(b2c_standin, b2c_http, flow)
+        assert app.authority._is_b2c and app.authority.token_endpoint == config["token_endpoint"]
+    assert b2c_standin.counters["discovery"] == 2 * len(B2C_FLOWS) + len(B2C_FLOWS)
+    assert b2c_http.get(b2c_standin.flow_authority("B2C_1_nosuchflow") + "/v2.0/.well-known/openid-configuration"
+                        ).status_code == 404
+
+
+def test_b2c_sign_in_gives_b2c_shaped_tokens_that_graph_accepts(b2c_standin, b2c_http):
+    user = USERS[1]
+    app, result = b2c_sign_in(b2c_standin, b2c_http, user)
+    claims = result["id_token_claims"]
+    assert claims["sub"] == claims["oid"] == user["id"]
+    assert claims["emails"] == [user["mail"]] and claims["name"] == user["displayName"]
+    assert claims["tfp"] == SUSI and claims["ver"] == "1.0"
+    assert claims["iss"] == b2c_standin.issuer and claims["aud"] == b2c_standin.client_id
+    assert not {"preferred_username", "tid", "sid", "login_hint"} & set(claims)
+    info = json.loads(base64.urlsafe_b64decode(result["client_info"] + "=="))
+    assert info == {"uid": f"{user['id']}-b2c_1_signupsignin1", "utid": b2c_standin.tenant_id}
+    assert app.get_accounts()[0]["home_account_id"] == f"{user['id']}-b2c_1_signupsignin1.{b2c_standin.tenant_id}"
+    assert me(b2c_standin, b2c_http, result["access_token"]).json()["displayName"] == user["displayName"]
+    refreshed = app.acquire_token_silent_with_error(SCOPES, app.get_accounts()[0], force_refresh=True)
+    assert refreshed["id_token_claims"]["tfp"] == SUSI and "nonce" not in refreshed["id_token_claims"]
+
+
+def test_b2c_issues_no_access_token_when_no_api_scope_is_asked_for(b2c_standin, b2c_http):
+    """What MSAL gets for scopes=[] (openid profile offline_access): an id token and a refresh
+    token, as from B2C; an app that insists on an access token there fails against B2C."""
+    app, result = b2c_sign_in(b2c_standin, b2c_http, scopes=[])
+    assert "access_token" not in result, sorted(result)
+    assert result["id_token_claims"]["tfp"] == SUSI and result["refresh_token"]
+    assert result["token_type"] == "Bearer"
+    renewed = app.acquire_token_silent_with_error([], app.get_accounts()[0], force_refresh=True)
+    assert "access_token" not in renewed and renewed["id_token_claims"]["oid"] == USERS[0]["id"]
+
+
+def test_b2c_codes_and_refresh_tokens_are_honoured_only_by_their_own_flow(b2c_standin, b2c_http):
+    app, signed_in = b2c_sign_in(b2c_standin, b2c_http)
+    at_reset = b2c_http.post(b2c_standin.token_endpoint_of(RESET), data={
+        "client_id": b2c_standin.client_id, "client_secret": b2c_standin.client_secret,
+        "grant_type": "refresh_token", "refresh_token": signed_in["refresh_token"]})
+    assert at_reset.status_code == 400 and at_reset.json()["error"] == "invalid_grant"
+    assert at_reset.json()["error_description"].startswith(
+        "AADB2C90088: The provided grant has not been issued for this endpoint. Actual Value : "
+        f"{RESET} and Expected Value : {SUSI}\r\nCorrelation ID: ")
+    # Refused, not used up: it still works at its own flow's endpoint.
+    refreshed = app.acquire_token_silent_with_error(SCOPES, app.get_accounts()[0], force_refresh=True)
+    assert "access_token" in refreshed, refreshed
+
+    flow = app.initiate_auth_code_flow(SCOPES, redirect_uri=REDIRECT_URI)
+    answer = query_of(b2c_http.get(flow["auth_uri"], allow_redirects=False))  # signed in here: no question
+    edit_app = b2c_app(b2c_standin, b2c_http, EDIT)
+    result = edit_app.acquire_token_by_auth_code_flow(flow, answer)
+    assert result["error"] == "invalid_grant" and "AADB2C90088" in result["error_description"]
+
+
+def test_b2c_forgot_your_password_ends_the_sign_in_with_aadb2c90118(b2c_standin, b2c_http):
+    app = b2c_app(b2c_standin, b2c_http)
+    flow = app.initiate_auth_code_flow(SCOPES, redirect_uri=REDIRECT_URI)
+    picker = b2c_http.get(flow["auth_uri"])
+    assert "Local stand-in for Azure AD B2C" in picker.text and "<script" not in picker.text
+    link = html.unescape(re.search(r'<a href="([^"]+)">Forgot your password\?</a>', picker.text).group(1))
+    answer = query_of(b2c_http.get(b2c_standin.front_url + link, allow_redirects=False))
+    assert answer == {"error": "access_denied", "state": flow["state"],
+                      "error_description": "AADB2C90118: The user has forgotten their password."}
+    # The request is over: neither the link nor the picker's form works again.
+    assert b2c_http.get(b2c_standin.front_url + link, allow_redirects=False).status_code == 400
+    assert "error" in app.acquire_token_by_auth_code_flow(flow, answer)
+
+
+def test_b2c_edit_profile_shows_the_name_and_a_new_one_reaches_id_tokens_and_graph(b2c_standin, b2c_http):
+    user = USERS[2]
+    b2c_sign_in(b2c_standin, b2c_http, user)  # this browser is signed in at the stand-in
+    edit = b2c_app(b2c_standin, b2c_http, EDIT)
+    flow = edit.initiate_auth_code_flow(SCOPES, redirect_uri=REDIRECT_URI)
+    page = b2c_http.get(flow["auth_uri"])
+    assert "Edit your profile" in page.text and f'value="{user["displayName"]}"' in page.text
+    result = edit.acquire_token_by_auth_code_flow(
+        flow, query_of(only_form(b2c_standin, b2c_http, page.text, displayName="  Ingrid  S. Berg ")))
+    assert result["id_token_claims"]["name"] == "Ingrid S. Berg" and result["id_token_claims"]["tfp"] == EDIT
+    assert me(b2c_standin, b2c_http, result["access_token"]).json()["displayName"] == "Ingrid S. Berg"
+    _, later = b2c_sign_in(b2c_standin, b2c_http, user)
+    assert later["id_token_claims"]["name"] == "Ingrid S. Berg"
+    # For this stand-in only: the shared directory, and so every other stand-in, keep the old name.
+    assert USERS[2]["displayName"] == "Ingrid Solberg"
+
+
+def test_b2c_edit_profile_cancel_or_a_blank_name_changes_nothing(b2c_standin, b2c_http):
+    user = USERS[0]
+    b2c_sign_in(b2c_standin, b2c_http, user)
+    before = b2c_standin.find_user(user["id"])["displayName"]
+    flow = b2c_app(b2c_standin, b2c_http, EDIT).initiate_auth_code_flow(SCOPES, redirect_uri=REDIRECT_URI)
+    blank = only_form(b2c_standin, b2c_http, b2c_http.get(flow["auth_uri"]).text, displayName="   ")
+    assert blank.status_code == 400 and "Enter a display name." in blank.text
+    cancelled = query_of(only_form(b2c_standin, b2c_http, blank.text, cancel="1"))
+    assert cancelled == {"error": "access_denied", "state": flow["state"], "error_description":
+                         "AADB2C90091: The user has cancelled entering self-asserted information."}
+    assert b2c_standin.find_user(user["id"])["displayName"] == before
+
+
+def test_b2c_edit_profile_without_a_session_asks_for_the_account_first(b2c_standin, b2c_http):
+    flow = b2c_app(b2c_standin, b2c_http, EDIT).initiate_auth_code_flow(SCOPES, redirect_uri=REDIRECT_URI)
+    picker = b2c_http.get(flow["auth_uri"])
+    assert "Pick an account" in picker.text and "Forgot your password?" not in picker.text
+    page = only_form(b2c_standin, b2c_http, picker.text, user_id=USERS[1]["id"])
+    assert page.status_code == 200 and "Edit your profile" in page.text
+    assert f'value="{b2c_standin.find_user(USERS[1]["id"])["displayName"]}"' in page.text
+    assert SESSION_COOKIE in b2c_http.cookies  # signed in here now
+
+
+def test_b2c_edit_profile_form_posted_without_the_users_session_renames_nobody(b2c_standin, b2c_http):
+    user = USERS[1]
+    b2c_sign_in(b2c_standin, b2c_http, user)
+    before = b2c_standin.find_user(user["id"])["displayName"]
+    flow = b2c_app(b2c_standin, b2c_http, EDIT).initiate_auth_code_flow(SCOPES, redirect_uri=REDIRECT_URI)
+    page = b2c_http.get(flow["auth_uri"]).text
+    b2c_http.cookies.clear()  # another site's form: SameSite=Lax keeps the cookie home
+    refused = only_form(b2c_standin, b2c_http, page, displayName="Mallory")
+    assert refused.status_code == 400 and "session here has ended" in refused.text
+    assert b2c_standin.find_user(user["id"])["displayName"] == before
+
+
+def test_b2c_password_reset_takes_a_new_password_twice_and_issues_a_code_for_that_account(b2c_standin, b2c_http):
+    reset = b2c_app(b2c_standin, b2c_http, RESET)
+    flow = reset.initiate_auth_code_flow(SCOPES, redirect_uri=REDIRECT_URI)
+    page = b2c_http.get(flow["auth_uri"])
+    assert "Reset your password" in page.text and 'type="password"' in page.text
+    mismatch = only_form(b2c_standin, b2c_http, page.text, user_id=USERS[1]["id"],
+                         new_password="Secret-1", confirm_password="Secret-2")
+    assert mismatch.status_code == 400 and "do not match" in mismatch.text and "Secret-1" not in mismatch.text
+    answer = query_of(only_form(b2c_standin, b2c_http, mismatch.text, user_id=USERS[1]["id"],
+                                new_password="Secret-1", confirm_password="Secret-1"))
+    result = reset.acquire_token_by_auth_code_flow(flow, answer)
+    assert result["id_token_claims"]["oid"] == USERS[1]["id"] and result["id_token_claims"]["tfp"] == RESET
+    assert me(b2c_standin, b2c_http, result["access_token"]).status_code == 200
+    assert SESSION_COOKIE in b2c_http.cookies  # like B2C, a completed reset is a sign-in
+
+
+def test_b2c_sign_out_asks_nothing_and_returns_to_a_registered_app(b2c_standin, b2c_http):
+    b2c_sign_in(b2c_standin, b2c_http)
+    end_session = b2c_standin.openid_configuration()["end_session_endpoint"]
+    back = b2c_http.get(end_session, params={"post_logout_redirect_uri": "http://localhost:5000/"},
+                        allow_redirects=False)
+    assert back.status_code == 302 and back.headers["Location"] == "http://localhost:5000/"
+    assert SESSION_COOKIE not in b2c_http.cookies
+    # Signed out, the sign-up/sign-in flow asks for an account again.
+    flow = b2c_app(b2c_standin, b2c_http).initiate_auth_code_flow(SCOPES, redirect_uri=REDIRECT_URI)
+    assert "Pick an account" in b2c_http.get(flow["auth_uri"]).text
+
+    # The stand-in's own "Sign out everywhere" ends a B2C session the same way.
+    b2c_sign_in(b2c_standin, b2c_http, USERS[1])
+    home = b2c_http.get(b2c_standin.front_url + "/")
+    assert b2c_standin.find_user(USERS[1]["id"])["displayName"] in home.text
+    assert parse_page(home.text).forms[0]["action"] == urlsplit(end_session).path
+    assert "You signed out of your account" in submit_only_form(b2c_standin, b2c_http, home.text).text
+    assert SESSION_COOKIE not in b2c_http.cookies
+
+
+def test_b2c_sign_up_sign_in_signs_a_browser_with_a_session_in_again_unless_prompt_is_login(b2c_standin, b2c_http):
+    app, _ = b2c_sign_in(b2c_standin, b2c_http, USERS[1])
+    for prompt in (None, "select_account"):  # B2C honours prompt=login only
+        flow = app.initiate_auth_code_flow(SCOPES, redirect_uri=REDIRECT_URI, prompt=prompt)
+        result = app.acquire_token_by_auth_code_flow(flow, query_of(b2c_http.get(flow["auth_uri"],
+                                                                                 allow_redirects=False)))
+        assert result["id_token_claims"]["oid"] == USERS[1]["id"]
+    flow = app.initiate_auth_code_flow(SCOPES, redirect_uri=REDIRECT_URI, prompt="login")
+    assert "Pick an account" in b2c_http.get(flow["auth_uri"]).text
+
+
+def test_cli_with_b2c_prints_the_b2c_settings_instead_of_authority(tmp_path):
+    env_file, ready = tmp_path / "b2c.env", tmp_path / "ready"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "local_entra", "--b2c", "--quiet", "--front-port", "0", "--idp-port", "0",
+         "--graph-port", "0", "--write-env", str(env_file), "--ready-file", str(ready)],
+        cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: ready.exists() or process.poll() is not None, timeout=30, what="the stand-in to start")
+        assert process.poll() is None, process.stderr.read()
+        settings = dict(line.split("=", 1) for line in env_file.read_text().splitlines())
+    finally:
+        process.terminate()
+        printed, _ = process.communicate(timeout=15)
+    assert list(settings) == ["B2C_TENANT_NAME", "B2C_SIGNUP_SIGNIN_USER_FLOW", "B2C_EDIT_PROFILE_USER_FLOW",
+                              "B2C_RESET_PASSWORD_USER_FLOW", "B2C_DOMAIN", "CLIENT_ID", "CLIENT_SECRET",
+                              "ENDPOINT", "REQUESTS_CA_BUNDLE"]
+    assert printed == env_file.read_text()
+    assert re.fullmatch(r"127\.0\.0\.1:\d+", settings["B2C_DOMAIN"])
+    assert (settings["B2C_SIGNUP_SIGNIN_USER_FLOW"], settings["B2C_EDIT_PROFILE_USER_FLOW"],
+            settings["B2C_RESET_PASSWORD_USER_FLOW"]) == B2C_FLOWS
+    assert local_entra_cli.parse_args([]).b2c is False
+
+
+def test_local_entra_b2c_in_the_environment_turns_b2c_on_for_launchers(monkeypatch):
+    monkeypatch.setenv("LOCAL_ENTRA_B2C", "1")
+    assert local_entra_cli.parse_args([]).b2c is True
+    assert not b2c.requested({"LOCAL_ENTRA_B2C": "0"}) and not b2c.requested({})

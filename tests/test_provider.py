@@ -29,7 +29,9 @@ OKTA = "https://example.okta.com/oauth2/default"
 ])
 def test_which_authorities_are_microsoft_entra(settings, entra):
     assert provider.is_entra(settings) is entra
-    assert (provider.provider_name(settings) == "Microsoft Entra ID") is entra
+    b2c = "B2C_TENANT_NAME" in settings
+    assert provider.provider_name(settings) == ("Azure AD B2C" if b2c else "Microsoft Entra ID") if entra else (
+        provider.provider_name(settings) not in ("Microsoft Entra ID", "Azure AD B2C"))
 
 
 @pytest.mark.parametrize(("discovery", "prompt"), [
