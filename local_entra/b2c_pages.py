@@ -44,6 +44,14 @@ def add_user_flow_pages(app, standin, error_page):
         pending = standin.store.pop_pending(request.form.get("request_id") or request.args.get("request_id"))
         return pending if pending is not None and pending.get("flow") == flow else None
 
+    def flow_and_pending(tenant, flow):
+        """For a page posted back: (the flow, its checked request), or (None, the error page)."""
+        flow, refused = user_flow_or_error(tenant, flow)
+        if refused is not None:
+            return None, refused
+        pending = take_pending(flow)
+        return (flow, pending) if pending is not None else (None, error_page(EXPIRED_REQUEST))
+
     def end_with_error(pending, description):
         return authorize.back_to_client(pending["redirect_uri"], pending["response_mode"], {
             "error": "access_denied", "error_description": description, "state": pending["state"],
@@ -110,12 +118,9 @@ def add_user_flow_pages(app, standin, error_page):
 
     @app.post("/<tenant>/<flow>/oauth2/v2.0/authorize")
     def user_flow_pick(tenant, flow):
-        flow, refused = user_flow_or_error(tenant, flow)
-        if refused is not None:
-            return refused
-        pending = take_pending(flow)
-        if pending is None:
-            return error_page(EXPIRED_REQUEST)
+        flow, pending = flow_and_pending(tenant, flow)
+        if flow is None:
+            return pending  # the error page
         if "cancel" in request.form:
             return end_with_error(pending, CANCELLED)
         user = standin.find_user(request.form.get("user_id"))
@@ -131,21 +136,17 @@ def add_user_flow_pages(app, standin, error_page):
 
     @app.get("/<tenant>/<flow>/forgot-password")
     def forgot_password(tenant, flow):
-        flow, refused = user_flow_or_error(tenant, flow)
-        if refused is not None:
-            return refused
-        pending = take_pending(flow)
-        if pending is None:
-            return error_page(EXPIRED_REQUEST)
+        flow, pending = flow_and_pending(tenant, flow)
+        if flow is None:
+            return pending  # the error page
         return end_with_error(pending, FORGOTTEN)
 
     @app.post("/<tenant>/<flow>/profile")
     def edit_profile(tenant, flow):
-        flow, refused = user_flow_or_error(tenant, flow)
-        if refused is not None:
-            return refused
-        pending = take_pending(flow)
-        if pending is None or "user_id" not in pending:
+        flow, pending = flow_and_pending(tenant, flow)
+        if flow is None:
+            return pending  # the error page
+        if "user_id" not in pending:
             return error_page(EXPIRED_REQUEST)
         _, session = sso.current(standin)
         # Only from the browser signed in as that user: a form posted from anywhere else
@@ -166,12 +167,9 @@ def add_user_flow_pages(app, standin, error_page):
 
     @app.post("/<tenant>/<flow>/password")
     def reset_password(tenant, flow):
-        flow, refused = user_flow_or_error(tenant, flow)
-        if refused is not None:
-            return refused
-        pending = take_pending(flow)
-        if pending is None:
-            return error_page(EXPIRED_REQUEST)
+        flow, pending = flow_and_pending(tenant, flow)
+        if flow is None:
+            return pending  # the error page
         if "cancel" in request.form:
             return end_with_error(pending, CANCELLED)
         user = standin.find_user(request.form.get("user_id"))
