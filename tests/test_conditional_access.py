@@ -196,18 +196,28 @@ def test_step_up_answered_as_invalid_grant_with_claims_is_handled_alike(client, 
 # --- one loop guard for every path ----------------------------------------------------------
 
 
-def test_a_plain_401_after_a_fresh_token_signs_in_at_most_twice_then_explains(signed_in, fake_entra):
+def api_page_through_sign_ins(client, fake_entra, before_each_view, tries: int = 4):
+    """Open the API page, following every "sign in again" through a sign-in, as a browser
+    whose provider session signs it in silently would. Returns (statuses, last response)."""
     statuses = []
-    for _ in range(4):
-        for _ in range(2):
-            fake_entra.graph_answers(401, {"error": {"code": "InvalidAuthenticationToken", "message": "Audience"}})
-        response = signed_in.get("/call_downstream_api")
+    for _ in range(tries):
+        before_each_view()
+        response = client.get("/call_downstream_api")
         statuses.append(response.status_code)
         if response.status_code != 302:
             break
         query = query_of(response.headers["Location"])
         fake_entra.nonce = query["nonce"]
-        assert signed_in.get("/getAToken", query_string={"code": "c", "state": query["state"]}).status_code == 302
+        assert client.get("/getAToken", query_string={"code": "c", "state": query["state"]}).status_code == 302
+    return statuses, response
+
+
+def test_a_plain_401_after_a_fresh_token_signs_in_at_most_twice_then_explains(signed_in, fake_entra):
+    def graph_refuses_every_token():
+        for _ in range(2):
+            fake_entra.graph_answers(401, {"error": {"code": "InvalidAuthenticationToken", "message": "Audience"}})
+
+    statuses, response = api_page_through_sign_ins(signed_in, fake_entra, graph_refuses_every_token)
     assert statuses == [302, 302, 502]
     assert "did not accept the access token" in response.get_data(as_text=True)
 
@@ -217,16 +227,8 @@ def test_no_token_after_every_sign_in_stops_after_two_round_trips(client, fake_e
     # (clock skew): every page view needs a new sign-in.
     fake_entra.access_token_lifetime = 200
     AuthActions(client, fake_entra).sign_in()
-    statuses = []
-    for _ in range(4):
-        fake_entra.fail_next_token("invalid_grant", "AADSTS700082: The refresh token has expired")
-        response = client.get("/call_downstream_api")
-        statuses.append(response.status_code)
-        if response.status_code != 302:
-            break
-        query = query_of(response.headers["Location"])
-        fake_entra.nonce = query["nonce"]
-        assert client.get("/getAToken", query_string={"code": "c", "state": query["state"]}).status_code == 302
+    statuses, response = api_page_through_sign_ins(client, fake_entra, lambda: fake_entra.fail_next_token(
+        "invalid_grant", "AADSTS700082: The refresh token has expired"))
     assert statuses == [302, 302, 502]
     assert "did not give the app a token" in response.get_data(as_text=True)
 
