@@ -3,7 +3,7 @@
 `load()` turns an environment (normally `os.environ` after `.env` is loaded) into a
 plain dict of Flask config keys; `problems()` lists what is missing or contradictory
 so that the app can show a configuration page instead of failing. Nothing else in the
-app reads `os.environ` (but for requests' own REQUESTS_CA_BUNDLE, in `entra_auth.py`).
+app reads `os.environ` (but for requests' own REQUESTS_CA_BUNDLE, in `http_pool.py`).
 """
 
 from __future__ import annotations
@@ -72,11 +72,14 @@ def _flag(environ, key: str) -> bool | str:
     return False if raw.lower() in _FALSE else raw
 
 
-def _int(environ, key: str, default: int) -> int:
+def _int(environ, key: str, default: int, unreadable: list[str]) -> int:
+    """The whole number the setting holds; a value that is none (`8h`, `one`) is named in
+    `unreadable` for problems() to report, and the default stands in meanwhile."""
     raw = (environ.get(key) or "").strip()
     try:
         return int(raw) if raw else default
     except ValueError:
+        unreadable.append(key)
         return default
 
 
@@ -84,6 +87,7 @@ def load(environ=None) -> dict:
     """Read every setting of the contract (see `.env.sample`) into Flask config keys."""
     environ = os.environ if environ is None else environ
     scope = (environ.get("SCOPE") or "").split() or ["User.Read"]
+    unreadable: list[str] = []  # settings that should be whole numbers and are not
     b2c_tenant = _clean(environ.get("B2C_TENANT_NAME"))
     b2c_flows = {ours: _b2c_setting(environ, ours, alias) for ours, alias in B2C_FLOW_ALIASES.items()}
     return {
@@ -126,17 +130,18 @@ def load(environ=None) -> dict:
         "SESSION_KEY_PREFIX": (environ.get("SESSION_KEY_PREFIX") or "msal-flask:session:").strip(),
         # A signed-in session lives this long after its last change (a token refresh
         # writes it again); a sign-in that was started and never finished, much less.
-        "SESSION_LIFETIME_SECONDS": _int(environ, "SESSION_LIFETIME_SECONDS", 8 * 3600),
-        "PENDING_SIGN_IN_LIFETIME_SECONDS": _int(environ, "PENDING_SIGN_IN_LIFETIME_SECONDS", 3600),
+        "SESSION_LIFETIME_SECONDS": _int(environ, "SESSION_LIFETIME_SECONDS", 8 * 3600, unreadable),
+        "PENDING_SIGN_IN_LIFETIME_SECONDS": _int(environ, "PENDING_SIGN_IN_LIFETIME_SECONDS", 3600, unreadable),
         # How many reverse proxies stand in front (Azure App Service: 1). 0 trusts no
         # X-Forwarded-* header, so a client cannot spoof its scheme or host.
-        "PROXY_COUNT": _int(environ, "PROXY_COUNT", 0),
+        "PROXY_COUNT": _int(environ, "PROXY_COUNT", 0, unreadable),
         # Host names the app answers to (Flask's TRUSTED_HOSTS); any other Host header gets
         # a 400, so nobody can make the app build its redirect URIs on their host name.
         "TRUSTED_HOSTS": [h.strip() for h in (environ.get("TRUSTED_HOSTS") or "").split(",") if h.strip()] or None,
         # Size of the connection pool to the downstream API: at least the worker's threads.
-        "DOWNSTREAM_POOL_SIZE": _int(environ, "DOWNSTREAM_POOL_SIZE", 16),
+        "DOWNSTREAM_POOL_SIZE": _int(environ, "DOWNSTREAM_POOL_SIZE", 16, unreadable),
         "LOG_LEVEL": (environ.get("LOG_LEVEL") or "INFO").strip().upper(),
+        "UNREADABLE_SETTINGS": unreadable,
         # `flask run` sets this; it marks local development, where a random SECRET_KEY is fine.
         "RUN_FROM_CLI": environ.get("FLASK_RUN_FROM_CLI") == "true",
     }
@@ -230,7 +235,7 @@ def problems(config) -> list[Problem]:
             "Azure AD B2C > User flows: the sign-up and sign-in flow's name, e.g. B2C_1_signupsignin1."))
     elif has_b2c:
         found += _b2c_problems(config)
-    elif not has_b2c:
+    else:
         key = "OIDC_AUTHORITY" if has_oidc else "AUTHORITY"
         value = config.get(key, "")
         if has_oidc and urlsplit(value).scheme == "https" and urlsplit(value).hostname and not _https_with_path(value):
@@ -272,7 +277,7 @@ def problems(config) -> list[Problem]:
             ("DOWNSTREAM_POOL_SIZE", 1, "Connections kept to the downstream API per process; 16 is plenty."),
             ("PROXY_COUNT", 0, "The number of reverse proxies in front of the app; 0 when there is none.")):
         value = config.get(key)
-        if isinstance(value, int) and value < smallest:
+        if key in (config.get("UNREADABLE_SETTINGS") or ()) or (isinstance(value, int) and value < smallest):
             # 0 would mean "never expires" to the file store and an error to Redis.
             found.append(Problem(key, f"must be a whole number of at least {smallest}.", why))
 

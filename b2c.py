@@ -18,7 +18,7 @@ from flask import Flask, current_app, redirect, request, session, url_for
 
 import app_config
 from conditional_access import login_hint_of
-from entra_auth import SignInError
+from entra_auth import SignInError, SignInFailed
 from security import begin_signed_in_session, safe_next_path
 from sessions import SIGNED_IN_KEY
 
@@ -26,7 +26,6 @@ logger = logging.getLogger(__name__)
 
 EDIT_PROFILE, RESET_PASSWORD = "B2C_EDIT_PROFILE_USER_FLOW", "B2C_RESET_PASSWORD_USER_FLOW"
 PENDING_FLOW_KEY = "_b2c_user_flow"  # {"state": ..., "flow": EDIT_PROFILE | RESET_PASSWORD}
-B2C_FORGOT_CODE = "AADB2C90118"  # B2C's error when the user clicks "Forgot your password?"
 
 
 def init_b2c(app: Flask, make_auth) -> None:
@@ -71,22 +70,22 @@ def answers_a_user_flow(answer: dict) -> bool:
 
 
 def complete_user_flow(answer: dict):
-    flow = session.pop(PENDING_FLOW_KEY)["flow"]
-    auth = current_app.extensions["b2c_user_flows"][flow]
-    if flow == EDIT_PROFILE:
-        try:
+    pending = session.pop(PENDING_FLOW_KEY)
+    auth = current_app.extensions["b2c_user_flows"][pending["flow"]]
+    try:
+        if pending["flow"] == EDIT_PROFILE:
             next_link = auth.complete_sign_in(answer, same_user=True)
-        except SignInError as refused:
-            if refused.result.get("error") != "access_denied":
-                raise
+        else:
+            next_link = auth.complete_sign_in(answer)  # a reset ends signed in, like a sign-in
+            begin_signed_in_session()
+    except SignInFailed:
+        # A damaged or forged callback changed nothing: the genuine one can still complete
+        # this flow (its code belongs to this flow's token endpoint, not the sign-in's).
+        session[PENDING_FLOW_KEY] = pending
+        raise
+    except SignInError as refused:
+        if pending["flow"] == EDIT_PROFILE and refused.result.get("error") == "access_denied":
             # Cancelled: nothing changed, they are signed in as before.
             return redirect(safe_next_path(refused.next_link))
-        return redirect(safe_next_path(next_link))
-    next_link = auth.complete_sign_in(answer)  # a reset ends signed in, like a sign-in
-    begin_signed_in_session()
+        raise
     return redirect(safe_next_path(next_link))
-
-
-def forgot_password(result: dict) -> bool:
-    """B2C's "Forgot your password?" ends the sign-up/sign-in flow with this error."""
-    return B2C_FORGOT_CODE in str(result.get("error_description") or "") and offers(RESET_PASSWORD)

@@ -27,7 +27,7 @@ import time
 from flask import current_app, redirect, request, session, url_for
 
 import errors
-from sessions import SIGNED_IN_KEY
+from sessions import SIGNED_IN_AT_KEY, SIGNED_IN_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -78,16 +78,19 @@ def sign_in_again(*, reason: str, claims: str | None = None):
     """
     path = request.path
     now = time.time()
-    why = _fingerprint(claims) if claims else None
+    challenge = _fingerprint(claims) if claims else None
     trail = [entry for entry in session.get(TRAIL_KEY) or []
              if isinstance(entry, list) and len(entry) == 3 and now - entry[0] < LOOP_WINDOW_SECONDS]
-    for_this_page = [entry for entry in trail if entry[1] == path]
-    same_challenge_again = why is not None and any(entry[2] == why for entry in for_this_page)
+    # Only sign-ins that were completed count: a browser sent to sign in that came back
+    # without doing so (Back, a closed tab) has not tried anything yet.
+    signed_in_at = session.get(SIGNED_IN_AT_KEY, 0)
+    for_this_page = [entry for entry in trail if entry[1] == path and signed_in_at >= entry[0]]
+    same_challenge_again = challenge is not None and any(entry[2] == challenge for entry in for_this_page)
     if same_challenge_again or len(for_this_page) >= MAX_SIGN_INS_PER_PAGE:
-        logger.warning("Sign-in loop stopped for %s: %s again right after signing in for it", path, reason)
+        logger.warning("Sign-in loop stopped for %s: %s, although signing in again just happened", path, reason)
         session[TRAIL_KEY] = trail
         return errors.sign_in_loop_page(reason=reason, policy=claims is not None)
-    session[TRAIL_KEY] = [*trail, [now, path, why]]
+    session[TRAIL_KEY] = [*trail, [now, path, challenge]]
     auth = current_app.extensions["auth"]
     flow = auth.log_in(
         scopes=current_app.config["SCOPE"],

@@ -15,7 +15,8 @@ the session). This subclass changes only what a production deployment cannot liv
 * Completing a sign-in (`complete_sign_in`) decides every outcome in one place.
 
 Every private name of identity or MSAL used here is listed in the README's section
-"Where we depend on library internals", with the test that fails if it changes.
+"Where we depend on library internals", with the test that fails if it changes (identity's
+own attributes `_session`, `_client_id`, `_authority`, ... included).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import identity.web
 import msal
 import requests
+from msal.oauth2cli.oidc import IdTokenError
 
 from http_pool import pooled_session
 from l1_token_cache import L1TokenCache
@@ -148,6 +150,8 @@ class IdentityProviderClient:
     def post(self, url, **kwargs):
         self.token_requests += 1
         response = self._session.post(url, **kwargs)
+        if response.status_code == 429:  # throttled: an outage for now (503), whatever the body says
+            response.raise_for_status()
         if response.status_code >= 500:
             return response
         body = _json_object(response)
@@ -196,7 +200,8 @@ class HttpCacheWithoutSharedThrottle(dict):
 
 
 class EntraAuth(identity.web.Auth):
-    """One per process: it shares its HTTP pool, MSAL's discovery cache and the L1 token cache."""
+    """One per process and authority (Azure AD B2C: one per user flow): it shares its HTTP
+    pool, MSAL's discovery cache and the L1 token cache across requests."""
 
     def __init__(self, *, pool_size: int = 16, timeout=(IDP_CONNECT_TIMEOUT, IDP_READ_TIMEOUT),
                  client_capabilities=(), carried_across_sign_in=(), user_flow: str | None = None, **kwargs):
@@ -274,7 +279,10 @@ class EntraAuth(identity.web.Auth):
     # --- id tokens --------------------------------------------------------------------
 
     def check_id_token_claims(self, claims: dict) -> None:
-        if claims.get("aud") != self._client_id:
+        # OpenID Connect Core 3.1.3.7: `aud` is one value or a list; with several, `azp` says
+        # which party the token is for.
+        audiences = claims.get("aud") if isinstance(claims.get("aud"), list) else [claims.get("aud")]
+        if self._client_id not in audiences or (len(audiences) > 1 and claims.get("azp") != self._client_id):
             raise IdTokenRejected("The id token was issued to another application (aud).")
         if not all(isinstance(claims.get(name), (int, float)) for name in ("iat", "exp")) or not (
                 claims.get("sub") or claims.get("oid")):
@@ -418,9 +426,14 @@ class EntraAuth(identity.web.Auth):
             else:
                 with self._replacing_the_session(answer, flow):
                     result = self.complete_log_in(answer)
-        except RuntimeError:  # MSAL: the id token's nonce is not the one we sent
+        except RuntimeError as exc:
+            # MSAL's word for "the id token's nonce is not the one we sent" (a bare RuntimeError
+            # naming the nonce; IdTokenError for the other id-token checks). Anything else that
+            # is a RuntimeError is a bug, and stays one.
+            if not (isinstance(exc, IdTokenError) or "nonce" in str(exc)):
+                raise
             self.forget_pending_sign_in()
-            logger.warning("Sign-in refused: id token nonce mismatch")
+            logger.warning("Sign-in refused: the id token does not match this sign-in (%s)", type(exc).__name__)
             raise SignInFailed("The identity provider's answer did not match this sign-in.") from None
         if "error" in result:
             self.forget_pending_sign_in()

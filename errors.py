@@ -27,12 +27,15 @@ from entra_auth import (
     SignInError,
     SignInFailed,
 )
+from sid_index import SessionStoreRefused
 
 logger = logging.getLogger(__name__)
 
 # Token endpoint errors about the app itself (its secret or certificate), not the user:
 # signing in again cannot help (AADSTS7000215 wrong secret, AADSTS700027 unknown certificate).
 APP_CREDENTIAL_ERRORS = {"invalid_client", "unauthorized_client"}
+# Azure AD B2C ends its sign-up/sign-in flow with this when the user clicks "Forgot your password?".
+B2C_USER_FORGOT = "AADB2C90118"
 
 # identity's own answer when the token lacks a scope that was asked for (error invalid_scope).
 UNGRANTED_SCOPES = "Ungranted scope(s)"
@@ -45,6 +48,7 @@ def register_error_handlers(app: Flask) -> None:
         app.register_error_handler(exc_class, identity_provider_unreachable)
     app.register_error_handler(IdentityProviderMisbehaved, identity_provider_misbehaved)
     app.register_error_handler(redis.RedisError, session_store_failed)
+    app.register_error_handler(SessionStoreRefused, session_store_failed)
     app.register_error_handler(SignInFailed, sign_in_failed)
     app.register_error_handler(SignInError, sign_in_error)
     app.register_error_handler(IdTokenRejected, id_token_rejected)
@@ -93,7 +97,7 @@ def identity_provider_misbehaved(exc: IdentityProviderMisbehaved):
                       action_url=url_for("index"), action_label="Back to the home page")
 
 
-def session_store_failed(exc: redis.RedisError):  # a store call outside open/save, e.g. at sign-in
+def session_store_failed(exc: Exception):  # a store call outside open/save, e.g. at sign-in
     logger.error("Session store unavailable: %s", describe(exc))
     return sessions_unavailable_page()
 
@@ -106,10 +110,9 @@ def sign_in_failed(exc: SignInFailed):
 
 
 def sign_in_error(exc: SignInError):
-    from b2c import forgot_password  # b2c imports what errors does
-
-    if forgot_password(exc.result):  # Azure AD B2C's "Forgot your password?"
-        return redirect(url_for("reset_password", next=exc.next_link or "/"))
+    if B2C_USER_FORGOT in str(exc.result.get("error_description") or "") and (
+            "B2C_RESET_PASSWORD_USER_FLOW" in current_app.extensions.get("b2c_user_flows", {})):
+        return redirect(url_for("reset_password", next=exc.next_link or "/"))  # B2C's "Forgot your password?"
     if needs_consent(exc.result):  # e.g. identity's "Ungranted scope(s)"; /login checks the next link
         return consent_page(next_path=exc.next_link or "/")
     error = exc.result.get("error")

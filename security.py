@@ -15,7 +15,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from wtforms import ValidationError
 
 import errors
-from sessions import SIGNED_IN_KEY
+from sessions import SIGNED_IN_AT_KEY, SIGNED_IN_KEY
 from sign_out_everywhere import frame_ancestors
 
 SECURITY_HEADERS = {
@@ -35,8 +35,8 @@ SECURITY_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
 }
 HSTS = ("Strict-Transport-Security", "max-age=31536000")
-SIGNED_IN_AT_KEY = "signed_in_at"
-# A longer `next` becomes "/": it travels in the pending sign-in's cookie (4 KB at most).
+# A longer `next` (in UTF-8 bytes) becomes "/": it travels in the pending sign-in's cookie
+# (4 KB at most for the whole cookie).
 MAX_NEXT_LENGTH = 1024
 # Remembered signed CSRF tokens per process (see csrf_token_signed_once).
 CSRF_CACHE_SIZE = 4096
@@ -112,16 +112,26 @@ def _check_csrf(csrf: CSRFProtect) -> None:
     """Flask-WTF's check, where a token signed with a key of SECRET_KEY_FALLBACKS (a page
     rendered before a key rotation) passes too: Flask-WTF itself knows only SECRET_KEY."""
     try:
+        _check_csrf_with_fallback_keys(csrf)
+    except ValueError as exc:  # a Referer that is no URL ("https://["): urlparse raises
+        raise CSRFError("The referrer header is malformed.") from exc
+
+
+def _check_csrf_with_fallback_keys(csrf: CSRFProtect) -> None:
+    try:
         csrf.protect()
     except CSRFError:
         token = request.form.get(current_app.config["WTF_CSRF_FIELD_NAME"])
         if not any(_csrf_token_signed_with(token, key) for key in current_app.config["SECRET_KEY_FALLBACKS"]):
             raise
         # The rest of Flask-WTF's check: over https the form must come from this origin.
-        if request.is_secure and current_app.config["WTF_CSRF_SSL_STRICT"]:
-            referrer = urlsplit(request.referrer or "")
-            if (referrer.scheme, referrer.netloc) != ("https", request.host):
-                raise
+        if request.is_secure and current_app.config["WTF_CSRF_SSL_STRICT"] and not _same_origin_referrer():
+            raise
+
+
+def _same_origin_referrer() -> bool:
+    referrer = urlsplit(request.referrer or "")
+    return (referrer.scheme, referrer.netloc) == ("https", request.host)
 
 
 def _csrf_token_signed_with(token, key: str) -> bool:
@@ -188,20 +198,21 @@ def begin_signed_in_session() -> None:
     nothing after), and a new CSRF token, stored now so that later page views need no
     session write."""
     current_app.session_interface.regenerate(session)
-    session.pop("csrf_token", None)
+    session.pop(current_app.config["WTF_CSRF_FIELD_NAME"], None)
     generate_csrf()
-    session[SIGNED_IN_AT_KEY] = int(time.time())
+    session[SIGNED_IN_AT_KEY] = time.time()
 
 
 def safe_next_path(value) -> str:
     """A same-origin path to go to after sign-in; anything else becomes '/'."""
-    if not isinstance(value, str) or not value.startswith("/") or len(value) > MAX_NEXT_LENGTH:
+    if not isinstance(value, str) or not value.startswith("/") or len(value.encode()) > MAX_NEXT_LENGTH:
         return "/"
     if value.startswith("//") or "\\" in value or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
         return "/"
     parts = urlsplit(value)
     if parts.scheme or parts.netloc:
         return "/"
-    if parts.path in ("/login", "/logout", current_app.config["REDIRECT_PATH"]):
+    if parts.path in ("/login", "/logout", current_app.config["REDIRECT_PATH"],
+                      current_app.config["FRONTCHANNEL_LOGOUT_PATH"]):
         return "/"  # would loop or sign out right after signing in
     return value

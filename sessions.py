@@ -29,6 +29,7 @@ import binascii
 import logging
 import os
 import pickle
+import re
 import threading
 import time
 from datetime import timedelta
@@ -41,17 +42,19 @@ from flask_session.cachelib import CacheLibSessionInterface
 from flask_session.redis import RedisSessionInterface
 
 from session_encryption import SessionCipher, Unreadable
-from sid_index import FileSidIndex, RedisSidIndex, SidIndex
+from sid_index import FileSidIndex, RedisSidIndex, SessionStoreRefused, SidIndex
 
 logger = logging.getLogger(__name__)
 
 SIGNED_IN_KEY = "_logged_in_user"  # where identity keeps the signed-in user's claims
+SIGNED_IN_AT_KEY = "signed_in_at"  # when this browser last completed a sign-in (unix time)
 SWEEP_INTERVAL_SECONDS = 300
 PENDING_COOKIE = "signin_pending"
 HOST_PREFIX = "__Host-"  # over https: Secure, Path=/, no Domain, set by this origin only
 ISSUED_AT = "_issued_at"  # in the pending cookie: when it was sealed
 
 STORE_ERRORS = (redis.RedisError, OSError, EOFError)
+SESSION_ID = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(32), what sid_length=32 makes
 
 
 class _SessionGone(Exception):
@@ -100,7 +103,7 @@ class _SignInAwareSessions:
     def open_session(self, app, request):
         try:
             sid = _only_cookie(self.get_cookie_name(app))
-            if sid:
+            if sid and SESSION_ID.fullmatch(sid):  # ids we made; never, say, a sid index key
                 data = self._retrieve_session_data(self._get_store_id(sid))
                 if data is not None:
                     session = self.session_class(data, sid=sid)
@@ -205,20 +208,27 @@ class _SignInAwareSessions:
         """Delete every stored session whose id token carried `sid` (and `iss`, if given).
         `on_session(data)` sees each before it goes. Returns how many ended."""
         self.check_usable()
-        ended = 0
+        ended, leaving = 0, []
         for store_id in self.sid_index.members(sid):
             data = self._retrieve_session_data(store_id)
             claims = (data or {}).get(SIGNED_IN_KEY) or {}
-            if data is None or claims.get("sid") != sid:  # gone already, or a stale entry
-                self.sid_index.remove(sid, store_id)
+            if data is None:
+                # Gone, or a record no key of this instance opens (sealed with a key it does
+                # not have yet, mid-rotation): no session either way, and it must not live on.
+                self._remove_if_present(store_id)
+                leaving.append(store_id)
+                continue
+            if claims.get("sid") != sid:  # a stale entry: that id holds another sign-in now
+                leaving.append(store_id)
                 continue
             if iss is not None and claims.get("iss") != iss:
                 continue  # another provider's session that happens to share the sid
             if on_session is not None:
                 on_session(data)
             self._remove_if_present(store_id)
-            self.sid_index.remove(sid, store_id)
+            leaving.append(store_id)
             ended += 1
+        self.sid_index.remove(sid, *leaving)
         return ended
 
     def _sealed_session(self, session, store_id: str) -> bytes:
@@ -260,7 +270,7 @@ class FileSystemSessions(_SignInAwareSessions, CacheLibSessionInterface):
         # threshold=0: never evict by count. Expired files are swept by _sweep_if_due().
         cache = _FileSystemCacheTellingDeletes(directory, threshold=0, mode=0o600)
         super().__init__(app, client=cache, **kwargs)
-        self.app = app
+        self.app = app  # CacheLibSessionInterface hands its base no app
         self.directory = directory
         self._last_sweep = time.monotonic()
         self._sweep_lock = threading.Lock()
@@ -282,7 +292,7 @@ class FileSystemSessions(_SignInAwareSessions, CacheLibSessionInterface):
             raise _SessionGone
         # cachelib reports a failed write (disk full, directory gone) only by returning False.
         if not self.cache.set(store_id, self._sealed_session(session, store_id), timeout=lifetime):
-            raise OSError("the session directory refused a write")
+            raise SessionStoreRefused("the session directory refused a write")
         self._index_by_idp_sid(session, store_id, lifetime)
         self._sweep_if_due()
 
@@ -361,7 +371,7 @@ def init_sessions(app: Flask, on_write_failure=None) -> _SignInAwareSessions:
         interface.sid_index = RedisSidIndex(interface.client, config["SESSION_KEY_PREFIX"])
     else:
         interface = FileSystemSessions(app, config["SESSION_FILE_DIR"], **common)
-        interface.sid_index = FileSidIndex(interface.cache, config["SESSION_KEY_PREFIX"])
+        interface.sid_index = FileSidIndex(interface.cache, config["SESSION_KEY_PREFIX"], config["SESSION_FILE_DIR"])
     interface.pending_lifetime = timedelta(seconds=config["PENDING_SIGN_IN_LIFETIME_SECONDS"])
     interface.on_write_failure = on_write_failure
     interface.cipher = SessionCipher(config["SECRET_KEY"], config.get("SECRET_KEY_FALLBACKS") or ())

@@ -49,9 +49,13 @@ def frontchannel_logout():
 
 
 def _is_issuer(value: str) -> bool:
-    parts = urlsplit(value)
-    return (len(value) <= MAX_ISSUER_LENGTH and parts.scheme == "https" and bool(parts.hostname)
-            and value.isprintable() and " " not in value)
+    if len(value) > MAX_ISSUER_LENGTH or not value.isprintable() or " " in value:
+        return False
+    try:
+        parts = urlsplit(value)
+        return parts.scheme == "https" and bool(parts.hostname)
+    except ValueError:  # e.g. "https://[": not a URL at all
+        return False
 
 
 def _answer(status: int, message: str):

@@ -267,3 +267,14 @@ def test_an_expired_b2c_id_token_is_renewed_without_an_access_token(b2c, monkeyp
     assert "Signed in as <strong>Adele (renewed)</strong>" in header(client)
     _flow, form = fake.token_requests[-1]
     assert form["grant_type"] == "refresh_token" and "User.Read" not in form["scope"]
+
+
+def test_a_damaged_reset_callback_keeps_the_flow_for_the_genuine_one(b2c):
+    app, fake = b2c
+    client = app.test_client()
+    damaged, query = follow_to(client, fake, client.get("/password/reset"), FLOWS["reset"],
+                               code="c1", client_info="!")
+    assert damaged.status_code == 400
+    genuine = client.get("/getAToken", query_string={"state": query["state"], "code": "c2"})
+    assert genuine.status_code == 302
+    assert [flow for flow, _ in fake.token_requests] == [FLOWS["reset"]]  # redeemed where it belongs

@@ -145,3 +145,17 @@ def test_identity_loads_and_saves_the_token_cache_through_these_methods():
     assert list(inspect.signature(identity.web.Auth._save_cache).parameters) == ["self", "cache"]
     source = inspect.getsource(identity.web.Auth._get_token_for_user)
     assert "self._load_cache()" in source and "self._save_cache(cache)" in source
+
+
+def test_identity_keeps_its_settings_in_these_attributes():
+    auth = identity.web.Auth(session={}, client_id="x", authority="https://a.example/t", client_credential="s")
+    assert {"_session", "_client_id", "_client_credential", "_authority", "_oidc_authority",
+            "_http_cache"} <= set(vars(auth))
+
+
+def test_msal_raises_a_runtime_error_naming_the_nonce():
+    import msal.oauth2cli.oidc
+
+    source = inspect.getsource(msal.oauth2cli.oidc.Client.obtain_token_by_auth_code_flow)
+    assert "raise RuntimeError(" in source and "should match our nonce" in source
+    assert issubclass(msal.oauth2cli.oidc.IdTokenError, RuntimeError)
