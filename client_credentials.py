@@ -35,6 +35,7 @@ _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.+?-----END \1-----", re.
 _PORTAL = "Microsoft Entra admin center > App registrations > your app > Certificates & secrets > Certificates"
 _CONVERT = ("A .pfx/.p12 file converts with: openssl pkcs12 -in cert.pfx -out cert.pem "
             "(then set CLIENT_CERTIFICATE_PASSWORD to the PEM pass phrase you chose).")
+_RENEW = f"Upload a new certificate under {_PORTAL}, then point CLIENT_CERTIFICATE_PATH at its PEM file."
 
 
 @dataclass(frozen=True)
@@ -101,87 +102,113 @@ def _public_key_info(public_key) -> bytes:
     return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
+class _Refused(Exception):
+    """A problem with the certificate file, phrased for the configuration page."""
+
+    def __init__(self, message: str, where: str = "", key: str = "CLIENT_CERTIFICATE_PATH",
+                 certificate: ClientCertificate | None = None):
+        super().__init__(message)
+        self.problem = (key, message, where)
+        self.certificate = certificate
+
+
 def read_certificate(path: str, password: str = "", *, now: datetime | None = None) -> CertificateReading:
     """Read and check a PEM file with a private key and its certificate (and possibly the
     rest of its chain). Never raises for a bad file: the reading names the problem."""
-    now = now or datetime.now(UTC)
     file = Path(path).expanduser()
     shown = str(file.absolute())
+    try:
+        data, mode = _read_file(file, shown)
+        key_block, certificates = _split_pem(data, shown)
+        private_key, encrypted = _load_private_key(key_block, password, shown)
+        certificate = _pair(private_key, certificates, shown)
+        _check_usable(private_key, certificate, now or datetime.now(UTC), shown)
+    except _Refused as refused:
+        return CertificateReading(path, refused.certificate, refused.problem)
+    _log_reading(certificate.summary, shown, now or datetime.now(UTC), unencrypted_and_readable=(
+        not encrypted and bool(mode & stat.S_IROTH)))
+    return CertificateReading(path, certificate)
 
-    def refused(message: str, where: str = "", key: str = "CLIENT_CERTIFICATE_PATH",
-                certificate: ClientCertificate | None = None) -> CertificateReading:
-        return CertificateReading(path, certificate, (key, message, where))
 
+def _read_file(file: Path, shown: str) -> tuple[bytes, int]:
     try:
         with file.open("rb") as handle:
             data = handle.read(MAX_FILE_BYTES + 1)
         mode = file.stat().st_mode
     except FileNotFoundError:
-        return refused(f"names {shown}, which does not exist.",
-                       "The PEM file with the certificate you uploaded under "
-                       f"{_PORTAL}, and its private key. Relative paths start in the app's working directory.")
+        raise _Refused(f"names {shown}, which does not exist.",
+                       f"The PEM file with the certificate you uploaded under {_PORTAL}, and its private key. "
+                       "Relative paths start in the app's working directory.") from None
     except IsADirectoryError:
-        return refused(f"names {shown}, which is a directory, not a file.",
-                       "Name the PEM file itself, e.g. certs/app.pem.")
+        raise _Refused(f"names {shown}, which is a directory, not a file.",
+                       "Name the PEM file itself, e.g. certs/app.pem.") from None
     except OSError as exc:
-        return refused(f"names {shown}, which can't be read: {exc.strerror or exc}.",
-                       "The user the app runs as needs read access to it (and nobody else should have it).")
+        raise _Refused(f"names {shown}, which can't be read: {exc.strerror or exc}.",
+                       "The user the app runs as needs read access to it (and nobody else should have it).") from None
     if len(data) > MAX_FILE_BYTES:
-        return refused(f"names {shown}, which is too big to be a certificate file.", _CONVERT)
+        raise _Refused(f"names {shown}, which is too big to be a certificate file.", _CONVERT)
+    return data, mode
 
+
+def _split_pem(data: bytes, shown: str) -> tuple[bytes, list[x509.Certificate]]:
+    """(the one private key's PEM block, the certificates)."""
     blocks = [(match.group(1).decode(), match.group(0)) for match in _PEM_BLOCK.finditer(data)]
     if not blocks:
-        return refused(f"names {shown}, which is not a PEM file (no -----BEGIN ...----- block in it).", _CONVERT)
+        raise _Refused(f"names {shown}, which is not a PEM file (no -----BEGIN ...----- block in it).", _CONVERT)
     keys = [block for label, block in blocks if label.endswith("PRIVATE KEY")]
     certificate_blocks = [block for label, block in blocks if label in ("CERTIFICATE", "X509 CERTIFICATE")]
     if not certificate_blocks:
-        return refused(f"names {shown}, which holds no certificate (-----BEGIN CERTIFICATE-----).",
+        raise _Refused(f"names {shown}, which holds no certificate (-----BEGIN CERTIFICATE-----).",
                        "Put the certificate in the same file as its private key, certificate after key.")
     if not keys:
-        return refused(f"names {shown}, which holds no private key (-----BEGIN PRIVATE KEY-----).",
+        raise _Refused(f"names {shown}, which holds no private key (-----BEGIN PRIVATE KEY-----).",
                        "The app signs with the private key, so the file needs it as well as the certificate. "
                        + _CONVERT)
     if len(keys) > 1:
-        return refused(f"names {shown}, which holds {len(keys)} private keys.",
+        raise _Refused(f"names {shown}, which holds {len(keys)} private keys.",
                        "Keep only the private key of the certificate uploaded to the app registration.")
     try:
-        certificates = [x509.load_pem_x509_certificate(block) for block in certificate_blocks]
+        return keys[0], [x509.load_pem_x509_certificate(block) for block in certificate_blocks]
     except ValueError:
-        return refused(f"names {shown}, in which a certificate is damaged.", _CONVERT)
+        raise _Refused(f"names {shown}, in which a certificate is damaged.", _CONVERT) from None
 
-    encrypted = b"ENCRYPTED" in keys[0].split(b"\n", 2)[0] or b"Proc-Type: 4,ENCRYPTED" in keys[0]
+
+def _load_private_key(block: bytes, password: str, shown: str):
+    """(the private key, whether the file had it encrypted)."""
+    encrypted = b"ENCRYPTED" in block.split(b"\n", 2)[0] or b"Proc-Type: 4,ENCRYPTED" in block
+    needs_password = _Refused(f"is not set, but the private key in {shown} is encrypted.",
+                              "The pass phrase the key was encrypted with.", key="CLIENT_CERTIFICATE_PASSWORD")
     if encrypted and not password:
-        return refused(f"is not set, but the private key in {shown} is encrypted.",
-                       "The pass phrase the key was encrypted with.", key="CLIENT_CERTIFICATE_PASSWORD")
+        raise needs_password
     if password and not encrypted:
         logger.warning("CLIENT_CERTIFICATE_PASSWORD is set, but the private key in %s is not encrypted", shown)
     try:
-        private_key = serialization.load_pem_private_key(keys[0], password.encode() if encrypted else None)
+        return serialization.load_pem_private_key(block, password.encode() if encrypted else None), encrypted
     except ValueError:
         if encrypted:
-            return refused(f"does not decrypt the private key in {shown} (wrong pass phrase, or a damaged key).",
-                           "The pass phrase the key was encrypted with.", key="CLIENT_CERTIFICATE_PASSWORD")
-        return refused(f"names {shown}, whose private key is damaged.", _CONVERT)
+            raise _Refused(f"does not decrypt the private key in {shown} (wrong pass phrase, or a damaged key).",
+                           "The pass phrase the key was encrypted with.", key="CLIENT_CERTIFICATE_PASSWORD") from None
+        raise _Refused(f"names {shown}, whose private key is damaged.", _CONVERT) from None
     except TypeError:  # encrypted after all, in a way the first line did not show
-        return refused(f"is not set, but the private key in {shown} is encrypted.",
-                       "The pass phrase the key was encrypted with.", key="CLIENT_CERTIFICATE_PASSWORD")
+        raise needs_password from None
     except UnsupportedAlgorithm:
-        return refused(f"names {shown}, whose private key is of a kind this app can't read.", _CONVERT)
+        raise _Refused(f"names {shown}, whose private key is of a kind this app can't read.", _CONVERT) from None
 
-    # The certificate is the one whose public key is the private key's; the others are its chain.
+
+def _pair(private_key, certificates: list[x509.Certificate], shown: str) -> ClientCertificate:
+    """The certificate whose public key is the private key's (the others are its chain)."""
     key_info = _public_key_info(private_key.public_key())
     mine = [c for c in certificates if _public_key_info(c.public_key()) == key_info]
     if not mine:
         listed = ", ".join(summarize(c).sha1_thumbprint for c in certificates)
-        return refused(f"names {shown}, whose private key does not belong to its certificate "
+        raise _Refused(f"names {shown}, whose private key does not belong to its certificate "
                        f"(SHA-1 thumbprint {listed}).",
                        "The key and the certificate must be a pair: export both from the same place "
                        "(e.g. Key Vault, or the .pfx you uploaded the certificate from).")
     leaf = mine[0]
     chain = [leaf, *(c for c in certificates if c is not leaf)]
-    summary = summarize(leaf)
-    certificate = ClientCertificate(
-        summary=summary,
+    return ClientCertificate(
+        summary=summarize(leaf),
         chain_pem="".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in chain),
         # Decrypted once, here: MSAL given a pass phrase would decrypt it again for every
         # application identity builds (one per sign-in and per token look-up).
@@ -189,32 +216,35 @@ def read_certificate(path: str, password: str = "", *, now: datetime | None = No
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode(),
     )
 
+
+def _check_usable(private_key, certificate: ClientCertificate, now: datetime, shown: str) -> None:
+    summary = certificate.summary
     if not isinstance(private_key, rsa.RSAPrivateKey):
-        return refused(f"names {shown}, whose key is not an RSA key.",
+        raise _Refused(f"names {shown}, whose key is not an RSA key.",
                        "Microsoft Entra ID certificate credentials are signed with RS256 or PS256: "
                        "make an RSA certificate (2048 bits or more).", certificate=certificate)
     if private_key.key_size < MIN_RSA_KEY_BITS:
-        return refused(f"names {shown}, whose RSA key has only {private_key.key_size} bits.",
+        raise _Refused(f"names {shown}, whose RSA key has only {private_key.key_size} bits.",
                        f"Make a new certificate with a key of at least {MIN_RSA_KEY_BITS} bits.",
                        certificate=certificate)
-    renew = f"Upload a new certificate under {_PORTAL}, then point CLIENT_CERTIFICATE_PATH at its PEM file."
     if now < summary.not_valid_before:
-        return refused(f"names a certificate (SHA-1 thumbprint {summary.sha1_thumbprint}) that is not valid "
-                       f"until {summary.valid_from}.", "Check this machine's clock, or wait. " + renew,
+        raise _Refused(f"names a certificate (SHA-1 thumbprint {summary.sha1_thumbprint}) that is not valid "
+                       f"until {summary.valid_from}.", "Check this machine's clock, or wait. " + _RENEW,
                        certificate=certificate)
     if now >= summary.not_valid_after:
-        return refused(f"names a certificate (SHA-1 thumbprint {summary.sha1_thumbprint}) that expired on "
-                       f"{summary.expires}.", renew, certificate=certificate)
+        raise _Refused(f"names a certificate (SHA-1 thumbprint {summary.sha1_thumbprint}) that expired on "
+                       f"{summary.expires}.", _RENEW, certificate=certificate)
 
+
+def _log_reading(summary: CertificateSummary, shown: str, now: datetime, *, unencrypted_and_readable: bool) -> None:
     logger.info("Client certificate %s: %s, SHA-1 thumbprint %s, valid until %s",
                 shown, summary.subject, summary.sha1_thumbprint, summary.expires)
     if summary.not_valid_after - now < EXPIRY_WARNING:
         logger.warning("Client certificate %s (SHA-1 thumbprint %s) expires on %s: sign-in stops working then. %s",
-                       shown, summary.sha1_thumbprint, summary.expires, renew)
-    if not encrypted and mode & stat.S_IROTH:
+                       shown, summary.sha1_thumbprint, summary.expires, _RENEW)
+    if unencrypted_and_readable:
         logger.warning("Client certificate %s holds an unencrypted private key that other users of this "
                        "machine can read: chmod 600 it", shown)
-    return CertificateReading(path, certificate)
 
 
 def read_configured_certificate(config) -> CertificateReading | None:
