@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 
 from flask import current_app, render_template, request
 
-import app_config
 import errors
+import provider
 from sessions import STORE_ERRORS
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def frame_ancestors(config, discovery: dict | None) -> str:
     """The origins allowed to frame the front-channel route: the authority's, and the
     end-session endpoint's (where the provider's signed-out page lives, the same origin at
     Entra ID)."""
-    authority = config.get("OIDC_AUTHORITY") or config.get("AUTHORITY") or app_config.b2c_authority(config)
+    authority = provider.authority_url(config)
     origins = []
     for url in (authority, (discovery or {}).get("end_session_endpoint")):
         parts = urlsplit(url or "")
