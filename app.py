@@ -138,8 +138,8 @@ def index():
 
 def login():
     prompt = request.args.get("prompt")
-    if prompt not in ALLOWED_PROMPTS:  # the account picker, where the provider has one
-        prompt = provider.sign_in_prompt(current_app.config, auth().discovery)
+    if prompt not in ALLOWED_PROMPTS or not provider.supports_prompt(current_app.config, prompt, auth().discovery):
+        prompt = provider.sign_in_prompt(current_app.config, auth().discovery)  # the picker, where there is one
     flow = auth().log_in(
         scopes=current_app.config["SCOPE"],
         redirect_uri=url_for("auth_response", _external=True),

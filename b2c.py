@@ -18,7 +18,7 @@ from flask import Flask, current_app, redirect, request, session, url_for
 
 import app_config
 from conditional_access import login_hint_of
-from entra_auth import SignInError, SignInFailed
+from entra_auth import NoIdToken, SignInError, SignInFailed
 from security import begin_signed_in_session, safe_next_path
 from sessions import SIGNED_IN_KEY
 
@@ -76,7 +76,13 @@ def complete_user_flow(answer: dict):
         if pending["flow"] == EDIT_PROFILE:
             next_link = auth.complete_sign_in(answer, same_user=True)
         else:
-            next_link = auth.complete_sign_in(answer)  # a reset ends signed in, like a sign-in
+            next_link = auth.pending_next_link()
+            try:
+                next_link = auth.complete_sign_in(answer)  # a reset ends signed in, like a sign-in
+            except NoIdToken:
+                # A reset flow set up to issue no tokens: the password is reset, now sign in.
+                logger.info("The password-reset flow ended without an id token: offering sign-in")
+                return redirect(url_for("login", next=safe_next_path(next_link)))
             begin_signed_in_session()
     except SignInFailed:
         # A damaged or forged callback changed nothing: the genuine one can still complete

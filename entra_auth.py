@@ -61,6 +61,10 @@ class IdentityProviderMisbehaved(Exception):
     """The identity provider answered, but not with what OAuth promises."""
 
 
+class NoIdToken(IdentityProviderMisbehaved):
+    """A code was redeemed and the answer holds no id token: nobody can be signed in with it."""
+
+
 class IdTokenRejected(Exception):
     """An id token that is not meant for this app or not from the configured issuer."""
 
@@ -168,6 +172,8 @@ class IdentityProviderClient:
             if data.get("grant_type") == "authorization_code":
                 wanted.append("id_token")
             missing = [name for name in wanted if not isinstance(body.get(name), str)]
+            if missing == ["id_token"]:
+                raise NoIdToken("The token response to a sign-in lacks an id token.")
             if missing:
                 raise IdentityProviderMisbehaved(f"The token response lacks {', '.join(missing)}.")
         elif not isinstance(body.get("error"), str):
@@ -503,6 +509,10 @@ class EntraAuth(identity.web.Auth):
     def pending_state(self) -> str | None:
         """The OAuth state of the sign-in in progress, if any."""
         return (self._session.get(self._AUTH_FLOW) or {}).get("state")
+
+    def pending_next_link(self) -> str | None:
+        """Where the sign-in in progress should land (identity keeps it in the flow)."""
+        return (self._session.get(self._AUTH_FLOW) or {}).get(NEXT_LINK_KEY)
 
     def forget_pending_sign_in(self) -> None:
         """Drop the sign-in flow so that its state and code can never be used again."""

@@ -79,6 +79,15 @@ def sign_in_prompt(config, discovery) -> str | None:
     return "select_account" if isinstance(supported, list) and "select_account" in supported else None
 
 
+def supports_prompt(config, prompt: str, discovery) -> bool:
+    """Whether to send a `prompt` the user asked for (/login?prompt=...): `consent` always
+    (the consent link needs it), the rest where Entra ID or the provider's discovery says so."""
+    if prompt == "consent" or is_entra(config):
+        return True
+    supported = (discovery() or {}).get("prompt_values_supported")
+    return isinstance(supported, list) and prompt in supported
+
+
 def user_display_name(user: dict | None) -> str:
     """The best claim there is for a person's name: never "None"."""
     user = user or {}

@@ -278,3 +278,22 @@ def test_a_damaged_reset_callback_keeps_the_flow_for_the_genuine_one(b2c):
     genuine = client.get("/getAToken", query_string={"state": query["state"], "code": "c2"})
     assert genuine.status_code == 302
     assert [flow for flow, _ in fake.token_requests] == [FLOWS["reset"]]  # redeemed where it belongs
+
+
+def test_a_reset_flow_that_returns_no_id_token_offers_sign_in(b2c):
+    app, fake = b2c
+    client = app.test_client()
+    start = client.get("/password/reset", query_string={"next": "/call_downstream_api"})
+    real = fake._token
+
+    def without_id_token(flow, request):
+        status, headers, body = real(flow, request)
+        answer = json.loads(body)
+        answer.pop("id_token", None)
+        return status, headers, json.dumps(answer)
+
+    fake._token = without_id_token
+    callback, _ = follow_to(client, fake, start, FLOWS["reset"])
+    assert callback.status_code == 302
+    assert callback.headers["Location"].startswith("/login?next=/call_downstream_api")
+    assert "Signed in as" not in header(client)

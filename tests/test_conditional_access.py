@@ -87,9 +87,13 @@ def test_anything_else_is_no_challenge(header):
 
 
 def test_cp1_is_declared_in_the_authorize_and_every_token_request(client, auth, fake_entra):
+    fake_entra.access_token_lifetime = 200  # under MSAL's 5 minutes: every look-up refreshes
     params = auth.start()
     assert claims_of(params.get("claims")) == CP1
     auth.callback(code="c", state=params["state"])
+    assert claims_of(fake_entra.token_requests[-1].get("claims")) == CP1
+    client.get("/call_downstream_api")
+    assert fake_entra.token_requests[-1]["grant_type"] == "refresh_token"
     assert claims_of(fake_entra.token_requests[-1].get("claims")) == CP1
 
 

@@ -171,3 +171,12 @@ def test_an_oidc_authority_without_a_path_is_explained(tmp_path, fake_entra):
     app = create_app(fast_config(tmp_path, AUTHORITY="", OIDC_AUTHORITY="https://example.okta.com"))
     page = app.test_client().get("/").get_data(as_text=True)
     assert "OIDC_AUTHORITY" in page and "has no path after the host" in page and "/oauth2/default" in page
+
+
+def test_a_prompt_in_the_query_string_is_sent_only_where_the_provider_supports_it(okta):
+    app, _fake = okta  # its discovery lists none, login and consent
+    client = app.test_client()
+    location = client.get("/login", query_string={"prompt": "select_account"}).headers["Location"]
+    assert "prompt" not in parse_qs(urlsplit(location).query)
+    location = client.get("/login", query_string={"prompt": "login"}).headers["Location"]
+    assert parse_qs(urlsplit(location).query)["prompt"] == ["login"]
