@@ -45,12 +45,17 @@ def add_user_flow_pages(app, standin, error_page):
         return pending if pending is not None and pending.get("flow") == flow else None
 
     def flow_and_pending(tenant, flow):
-        """For a page posted back: (the flow, its checked request), or (None, the error page)."""
+        """For a page posted back: (the flow, its checked request), or (None, the answer):
+        the error page, or for Cancel the end of the flow as B2C ends it (AADB2C90091)."""
         flow, refused = user_flow_or_error(tenant, flow)
         if refused is not None:
             return None, refused
         pending = take_pending(flow)
-        return (flow, pending) if pending is not None else (None, error_page(EXPIRED_REQUEST))
+        if pending is None:
+            return None, error_page(EXPIRED_REQUEST)
+        if "cancel" in request.form:
+            return None, end_with_error(pending, CANCELLED)
+        return flow, pending
 
     def end_with_error(pending, description):
         return authorize.back_to_client(pending["redirect_uri"], pending["response_mode"], {
@@ -120,9 +125,7 @@ def add_user_flow_pages(app, standin, error_page):
     def user_flow_pick(tenant, flow):
         flow, pending = flow_and_pending(tenant, flow)
         if flow is None:
-            return pending  # the error page
-        if "cancel" in request.form:
-            return end_with_error(pending, CANCELLED)
+            return pending  # the error page, or Cancel's answer
         user = standin.find_user(request.form.get("user_id"))
         if user is None:
             return error_page(UNKNOWN_USER)
@@ -145,7 +148,7 @@ def add_user_flow_pages(app, standin, error_page):
     def edit_profile(tenant, flow):
         flow, pending = flow_and_pending(tenant, flow)
         if flow is None:
-            return pending  # the error page
+            return pending  # the error page, or Cancel's answer
         if "user_id" not in pending:
             return error_page(EXPIRED_REQUEST)
         _, session = sso.current(standin)
@@ -153,8 +156,6 @@ def add_user_flow_pages(app, standin, error_page):
         # (no cookie: SameSite=Lax) or after signing out changes nobody's name.
         if session is None or session["user_id"] != pending["user_id"]:
             return error_page(SESSION_ENDED)
-        if "cancel" in request.form:
-            return end_with_error(pending, CANCELLED)
         user = standin.find_user(pending["user_id"])
         name = " ".join(request.form.get("displayName", "").split())
         if not name:
@@ -169,9 +170,7 @@ def add_user_flow_pages(app, standin, error_page):
     def reset_password(tenant, flow):
         flow, pending = flow_and_pending(tenant, flow)
         if flow is None:
-            return pending  # the error page
-        if "cancel" in request.form:
-            return end_with_error(pending, CANCELLED)
+            return pending  # the error page, or Cancel's answer
         user = standin.find_user(request.form.get("user_id"))
         new, again = request.form.get("new_password", ""), request.form.get("confirm_password", "")
         problem = ("Choose your account." if user is None else "Enter a new password." if not new

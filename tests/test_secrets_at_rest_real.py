@@ -11,8 +11,7 @@ import pytest
 import redis
 from test_scale_out import signed_in_as
 
-from conftest import require_redis_server
-from live import AppServer, RedisServer, WebUser
+from live import AppServer, WebUser
 from local_entra import USERS
 
 ADELE = USERS[0]
@@ -35,23 +34,17 @@ def assert_nothing_readable(values: list[bytes]) -> None:
             assert secret not in value
 
 
-@pytest.fixture(scope="module")
-def redis_store(tmp_path_factory):
-    require_redis_server()
-    server = RedisServer(tmp_path_factory.mktemp("redis-at-rest")).start()
-    yield server
-    server.stop()
 
 
 @pytest.mark.redis
 def test_no_token_or_personal_data_in_any_redis_value_and_a_rotation_signs_nobody_out(
-        stand_in, fresh_stand_in, redis_store, tmp_path):
-    env = {"SESSION_TYPE": "redis", "REDIS_URL": redis_store.url}
+        stand_in, fresh_stand_in, redis_server, tmp_path):
+    env = {"SESSION_TYPE": "redis", "REDIS_URL": redis_server.url}
     with AppServer(stand_in, tmp_path / "before", env={**env, "SECRET_KEY": OLD_KEY}) as before:
         person = WebUser(before.url)
         assert person.sign_in(ADELE).status_code == 302
         assert person.get("/call_downstream_api").status_code == 200
-        client = redis.Redis.from_url(redis_store.url)
+        client = redis.Redis.from_url(redis_server.url)
         assert_nothing_readable([client.dump(key) or b"" for key in client.scan_iter()])
         port = before.port
 
