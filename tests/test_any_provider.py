@@ -129,17 +129,25 @@ class OidcProvider:
         self.discovery: dict = {}
 
     def start(self) -> OidcProvider:
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen([self.node, "server.mjs"], cwd=PROVIDER_DIR, env=self.env,
-                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
         def ready():
             if self.process.poll() is not None:
                 raise RuntimeError(f"oidc-provider exited: {self.log()[-3000:]}")
             match = re.search(r"^READY (\{.*\})$", self.log(), re.MULTILINE)
             return json.loads(match.group(1)) if match else None
 
-        self.issuer = wait_for(ready, timeout=20, what="oidc-provider's ready line")["issuer"]
+        # It is ready in about half a second; once, in a fresh CI clone, the first start of a
+        # run stalled for over 20 s. A stalled start is ended and tried once more.
+        for attempt in (1, 2):
+            with open(self.log_path, "ab" if attempt == 1 else "wb") as log:  # a retry's ready line only
+                self.process = subprocess.Popen([self.node, "server.mjs"], cwd=PROVIDER_DIR, env=self.env,
+                                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                self.issuer = wait_for(ready, timeout=30, what="oidc-provider's ready line")["issuer"]
+                break
+            except TimeoutError:
+                self.stop()
+                if attempt == 2:
+                    raise
 
         def discovery():
             try:
