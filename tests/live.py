@@ -8,6 +8,7 @@ a browser's cookie jar who signs in by picking an account on the stand-in's page
 
 from __future__ import annotations
 
+import contextlib
 import html
 import os
 import re
@@ -33,6 +34,29 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
 ]
+
+
+BROWSER_ARTIFACTS = ROOT / "test-artifacts" / "browser"  # screenshots, kept by CI as artifacts
+PAGE_TIMEOUT_MS = 15_000  # generous: a wait, never a measurement
+
+
+@contextlib.contextmanager
+def browser_page(browser, base_url: str, **context_options):
+    """A page in a fresh browser context (its own cookie jar) on `base_url`."""
+    context = browser.new_context(viewport={"width": 1100, "height": 800}, base_url=base_url, locale="en-US",
+                                  **context_options)
+    context.set_default_timeout(PAGE_TIMEOUT_MS)
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
+
+
+def screenshot(page, name: str, folder: Path = BROWSER_ARTIFACTS) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    page.screenshot(path=str(path), full_page=True)
+    return path
 
 
 def unavailable(reason: str):

@@ -27,6 +27,7 @@ fails under CI=true; with npm and no node_modules it runs `npm ci` first.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import re
@@ -40,23 +41,15 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 import requests
+from playwright.sync_api import Error as PlaywrightError  # a dev requirement, as in test_browser.py
+from playwright.sync_api import expect
 
-from live import ROOT, AppServer, TlsFiles, unavailable, wait_for
-
-try:
-    from playwright.sync_api import Error as PlaywrightError
-    from playwright.sync_api import expect
-except ImportError as exc:  # pragma: no cover - depends on the machine
-    PLAYWRIGHT_MISSING: str | None = f"playwright is not importable: {exc}"
-else:
-    PLAYWRIGHT_MISSING = None
+from live import ROOT, AppServer, TlsFiles, browser_page, screenshot, unavailable, wait_for
 
 pytestmark = pytest.mark.real
 
 PROVIDER_DIR = ROOT / "tests" / "oidc_provider"
 MIN_NODE_MAJOR = 20  # oidc-provider 9 (jose 6) needs the WebCrypto global of Node.js 20+
-VIEWPORT = {"width": 1100, "height": 800}
-TIMEOUT_MS = 15_000  # generous: a wait, never a measurement
 ARTIFACTS = ROOT / "test-artifacts" / "any-provider"
 
 MSAL_EXPIRY_MARGIN = 300  # MSAL treats an access token with less than this left as expired
@@ -280,19 +273,17 @@ def _on_loopback(url: str) -> bool:
         return False
 
 
-def new_page(browser, pair: ProviderAndApp):
+@contextlib.contextmanager
+def provider_page(browser, pair: ProviderAndApp):
     """A fresh browser (cookie jar) on the app. oidc-provider's pages load a web font from
     the Internet: every request beyond loopback is refused here instead."""
-    context = browser.new_context(viewport=VIEWPORT, base_url=pair.app.url, locale="en-US",
-                                  ignore_https_errors=True)  # the provider's throwaway CA
-    context.set_default_timeout(TIMEOUT_MS)
-    context.route(lambda url: not _on_loopback(url), lambda route: route.abort())
-    return context, context.new_page()
+    with browser_page(browser, pair.app.url, ignore_https_errors=True) as page:  # the provider's throwaway CA
+        page.context.route(lambda url: not _on_loopback(url), lambda route: route.abort())
+        yield page
 
 
 def shot(page, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+    screenshot(page, name, folder=ARTIFACTS)
 
 
 def header(page):
@@ -432,8 +423,7 @@ def test_pages_name_the_provider_and_the_api_not_microsoft(generous):
 
 @pytest.mark.browser
 def test_sign_in_shows_the_user_and_the_userinfo_answer(browser, generous):
-    context, page = new_page(browser, generous)
-    try:
+    with provider_page(browser, generous) as page:
         traffic = ProviderTraffic(page, generous)
         sign_in(page, generous, "ada.lovelace")
         expect_signed_in_as(page, "Ada Lovelace")
@@ -448,8 +438,6 @@ def test_sign_in_shows_the_user_and_the_userinfo_answer(browser, generous):
                              email="ada.lovelace@example.test")
         expect_signed_in_as(page, "Ada Lovelace")
         shot(page, "generous-02-userinfo.png")
-    finally:
-        context.close()
 
 
 @pytest.mark.browser
@@ -457,8 +445,7 @@ def test_sign_in_shows_the_user_and_the_userinfo_answer(browser, generous):
 def test_an_expired_access_token_is_refreshed_without_a_sign_in(browser, generous):
     """oidc-provider keeps `offline_access` (MSAL always asks for it) only in a request with
     prompt=consent: a sign-in through the app's /login?prompt=consent gets a refresh token."""
-    context, page = new_page(browser, generous)
-    try:
+    with provider_page(browser, generous) as page:
         codes = generous.provider.events("grant.success")
         signed_in_at = sign_in(page, generous, "alan.turing", prompt="consent")
         redeemed = generous.provider.events("grant.success")[len(codes):]
@@ -475,15 +462,12 @@ def test_an_expired_access_token_is_refreshed_without_a_sign_in(browser, generou
         expect_userinfo_page(page, generous, sub="alan.turing", name="Alan Turing", email="alan.turing@example.test")
         assert traffic.sign_in_round_trips() == 0, f"signed in again instead of refreshing: {traffic.urls}"
         assert generous.provider.grants("refresh_token") == refreshes + 1, generous.diagnostics()
-    finally:
-        context.close()
 
 
 @pytest.mark.browser
 @pytest.mark.slow
 def test_sign_out_ends_the_providers_session_and_returns_home(browser, generous):
-    context, page = new_page(browser, generous)
-    try:
+    with provider_page(browser, generous) as page:
         sign_in(page, generous, "grace.hopper")
         traffic = ProviderTraffic(page, generous)
         end_session = generous.provider.discovery["end_session_endpoint"]
@@ -510,15 +494,12 @@ def test_sign_out_ends_the_providers_session_and_returns_home(browser, generous)
         # Signed out at the provider too: signing in again asks for a login.
         page.get_by_role("main").get_by_role("link", name="Sign in").click()
         expect(page.locator("input[name=login]")).to_be_visible()
-    finally:
-        context.close()
 
 
 @pytest.mark.browser
 def test_profile_claims_only_at_userinfo_never_show_none(browser, userinfo_only):
     """oidc-provider's default: the id token has `sub` only; the name is at userinfo."""
-    context, page = new_page(browser, userinfo_only)
-    try:
+    with provider_page(browser, userinfo_only) as page:
         sign_in(page, userinfo_only, "katherine.johnson")
         # name > preferred_username > email > sub: the id token carries only the last.
         expect_signed_in_as(page, "katherine.johnson")
@@ -531,15 +512,12 @@ def test_profile_claims_only_at_userinfo_never_show_none(browser, userinfo_only)
                              email="katherine.johnson@example.test")
         expect(header(page)).not_to_contain_text("None")
         shot(page, "userinfo-only-02-userinfo.png")
-    finally:
-        context.close()
 
 
 @pytest.mark.browser
 @pytest.mark.slow
 def test_an_expired_access_token_without_refresh_token_takes_one_quiet_sign_in(browser, userinfo_only):
-    context, page = new_page(browser, userinfo_only)
-    try:
+    with provider_page(browser, userinfo_only) as page:
         signed_in_at = sign_in(page, userinfo_only, "dorothy.vaughan")
         traffic = ProviderTraffic(page, userinfo_only)
         assert open_api_page(page, userinfo_only).status == 200, page_text(page)
@@ -555,8 +533,6 @@ def test_an_expired_access_token_without_refresh_token_takes_one_quiet_sign_in(b
         expect_userinfo_page(page, userinfo_only, sub="dorothy.vaughan", name="Dorothy Vaughan",
                              email="dorothy.vaughan@example.test")
         assert userinfo_only.provider.grants("refresh_token") == 0
-    finally:
-        context.close()
 
 
 @pytest.mark.browser
@@ -565,8 +541,7 @@ def test_tokens_that_never_last_end_on_an_error_page_not_a_redirect_loop(browser
     """60 s access tokens and no refresh token: to MSAL every token is expired on arrival, so
     no sign-in can ever give the API page a token. At most two sign-in round trips, then a
     page that says so; never the browser's ERR_TOO_MANY_REDIRECTS."""
-    context, page = new_page(browser, short_lived)
-    try:
+    with provider_page(browser, short_lived) as page:
         sign_in(page, short_lived, "mary.jackson")
         expect_signed_in_as(page, "mary.jackson")
         traffic = ProviderTraffic(page, short_lived)
@@ -585,5 +560,3 @@ def test_tokens_that_never_last_end_on_an_error_page_not_a_redirect_loop(browser
         again = open_api_page(page, short_lived)
         assert traffic.sign_in_round_trips() <= 2, traffic.urls
         assert again.status == 200 or 400 <= again.status < 500 or again.status in (502, 503)
-    finally:
-        context.close()

@@ -17,7 +17,7 @@ from urllib.parse import urljoin, urlsplit
 import pytest
 import requests
 
-from live import ROOT, AppServer, WebUser, query_of, unavailable, wait_for
+from live import ROOT, AppServer, WebUser, browser_page, query_of, screenshot, unavailable, wait_for
 from local_entra import USERS, StandIn
 from local_entra.sso import SESSION_COOKIE
 
@@ -256,13 +256,8 @@ def test_chromium_edits_the_profile_through_the_b2c_stand_in(browser, b2c_app, s
     from axe_playwright_python.sync_playwright import Axe
 
     axe = Axe()
-    artifacts = ROOT / "test-artifacts" / "browser"
-    artifacts.mkdir(parents=True, exist_ok=True)
     user, new_name = USERS[0], "Priya R. (edited in Chromium)"
-    context = browser.new_context(viewport={"width": 1100, "height": 800}, base_url=b2c_app.url, locale="en-US")
-    context.set_default_timeout(15_000)
-    page = context.new_page()
-    try:
+    with browser_page(browser, b2c_app.url) as page:
         page.goto("/")
         page.get_by_role("main").get_by_role("link", name="Sign in").click()
         expect(page.get_by_role("heading", name="Pick an account")).to_be_visible()
@@ -278,15 +273,13 @@ def test_chromium_edits_the_profile_through_the_b2c_stand_in(browser, b2c_app, s
         assert page.url.startswith(f"{stand_in.front_url}/contosob2c.onmicrosoft.com/{EDIT.lower()}/")
         field = page.get_by_label("Display name")
         expect(field).to_have_value(name_of(stand_in, user))
-        page.screenshot(path=str(artifacts / "b2c-01-edit-profile.png"), full_page=True)
+        screenshot(page, "b2c-01-edit-profile.png")
         check_accessibility(axe, page, "B2C stand-in: edit profile")
         field.fill(new_name)
         with page.expect_response(lambda response: urlsplit(response.url).path == "/getAToken") as callback:
             page.get_by_role("button", name="Continue").click()
         assert callback.value.status == 302  # the callback signs the edit in, back where they were
         page.wait_for_load_state()
-        page.screenshot(path=str(artifacts / "b2c-02-after-edit-profile.png"), full_page=True)
+        screenshot(page, "b2c-02-after-edit-profile.png")
         page.wait_for_url(f"{b2c_app.url}/")
         expect(header).to_contain_text(f"Signed in as {new_name}")
-    finally:
-        context.close()

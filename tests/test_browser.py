@@ -10,19 +10,12 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect  # a dev requirement; Chromium's absence is handled in conftest
 
-from live import ROOT, AppServer, TlsFiles, unavailable
+from live import ROOT, AppServer, TlsFiles, browser_page, screenshot, unavailable
 from local_entra import USERS
-
-try:
-    from playwright.sync_api import expect
-except ImportError as exc:  # pragma: no cover - depends on the machine
-    PLAYWRIGHT_MISSING: str | None = f"playwright is not importable: {exc}"
-else:
-    PLAYWRIGHT_MISSING = None
 
 try:
     from axe_playwright_python.sync_playwright import Axe
@@ -33,10 +26,7 @@ else:
 
 pytestmark = pytest.mark.browser
 
-VIEWPORT = {"width": 1100, "height": 800}
-ARTIFACTS = ROOT / "test-artifacts" / "browser"
 DOCS_PROFILE = ROOT / "docs" / "profile.png"
-TIMEOUT_MS = 15_000  # generous: a wait, never a measurement
 BLOCKING_IMPACTS = ("serious", "critical")
 
 PRIYA = USERS[0]
@@ -44,11 +34,8 @@ PRIYA = USERS[0]
 
 @pytest.fixture
 def page(browser, live_app, fresh_stand_in):
-    context = browser.new_context(viewport=VIEWPORT, base_url=live_app.url, locale="en-US")
-    context.set_default_timeout(TIMEOUT_MS)
-    new_page = context.new_page()
-    yield new_page
-    context.close()
+    with browser_page(browser, live_app.url) as new_page:
+        yield new_page
 
 
 @pytest.fixture(scope="module")
@@ -56,13 +43,6 @@ def axe():
     if AXE_MISSING:
         unavailable(AXE_MISSING)
     return Axe()
-
-
-def shot(page, name: str) -> Path:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    path = ARTIFACTS / name
-    page.screenshot(path=str(path), full_page=True)
-    return path
 
 
 def check_accessibility(axe, page, what: str) -> None:
@@ -92,13 +72,13 @@ def test_sign_in_see_profile_and_sign_out(page, live_app, stand_in, axe):
     expect(page.get_by_role("heading", level=1)).to_have_text("Your profile, from Microsoft Graph")
     expect(page.locator(".stand-in-banner")).to_contain_text("Local stand-in")
     expect(header(page)).not_to_contain_text("Signed in as")
-    shot(page, "01-home.png")
+    screenshot(page, "01-home.png")
     check_accessibility(axe, page, "home, signed out")
 
     page.get_by_role("main").get_by_role("link", name="Sign in").click()
     expect(page.get_by_role("heading", name="Pick an account")).to_be_visible()
     assert page.url.startswith(stand_in.front_url)
-    shot(page, "02-picker.png")
+    screenshot(page, "02-picker.png")
     check_accessibility(axe, page, "stand-in account picker")
 
     page.get_by_role("button", name=re.compile(re.escape(PRIYA["displayName"]))).click()
@@ -106,7 +86,7 @@ def test_sign_in_see_profile_and_sign_out(page, live_app, stand_in, axe):
     expect(page.get_by_role("heading", level=1)).to_have_text(f"Welcome, {PRIYA['displayName']}")
     expect(header(page)).to_contain_text(f"Signed in as {PRIYA['displayName']}")
     expect(page.get_by_role("main")).to_contain_text(PRIYA["userPrincipalName"])
-    shot(page, "03-signed-in.png")
+    screenshot(page, "03-signed-in.png")
     check_accessibility(axe, page, "home, signed in")
 
     page.get_by_role("link", name="Call Microsoft Graph").click()
@@ -116,7 +96,7 @@ def test_sign_in_see_profile_and_sign_out(page, live_app, stand_in, axe):
     expect(card).to_contain_text(PRIYA["jobTitle"])
     expect(card).to_contain_text(PRIYA["mail"])
     expect(page.locator(".stand-in-banner")).to_be_visible()
-    shot(page, "04-profile.png")
+    screenshot(page, "04-profile.png")
     if os.environ.get("UPDATE_DOCS_SCREENSHOTS", "").lower() in ("1", "true", "yes") or not DOCS_PROFILE.exists():
         DOCS_PROFILE.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(DOCS_PROFILE))  # the viewport only: a README-sized picture
@@ -125,14 +105,14 @@ def test_sign_in_see_profile_and_sign_out(page, live_app, stand_in, axe):
     header(page).get_by_role("button", name="Sign out").click()
     expect(page.get_by_role("heading", name="You signed out of your account")).to_be_visible()
     assert page.url.startswith(stand_in.front_url)
-    shot(page, "04b-stand-in-signed-out.png")
+    screenshot(page, "04b-stand-in-signed-out.png")
     check_accessibility(axe, page, "stand-in signed-out page")
     page.get_by_role("link", name="Return to the application").click()
     page.wait_for_url(f"{live_app.url}/")
     expect(page.get_by_role("heading", level=1)).to_have_text("Your profile, from Microsoft Graph")
     expect(page.get_by_role("main").get_by_role("link", name="Sign in")).to_be_visible()
     expect(page.locator("body")).not_to_contain_text("Signed in as")
-    shot(page, "05-signed-out.png")
+    screenshot(page, "05-signed-out.png")
 
     # Signed out for real: the profile asks for a sign-in again.
     page.goto("/call_downstream_api")
@@ -171,28 +151,23 @@ def https_app(stand_in, tmp_path_factory):
 def test_sign_in_and_sign_out_over_https(browser, https_app, fresh_stand_in):
     # Over https the cookie is Secure, and sign-out's CSRF check also wants a same-origin
     # Referer: the one the browser sends under the app's own Referrer-Policy.
-    context = browser.new_context(viewport=VIEWPORT, base_url=https_app.url, locale="en-US",
-                                  ignore_https_errors=True)  # the throwaway CA is not the browser's
-    context.set_default_timeout(TIMEOUT_MS)
-    page = context.new_page()
-    try:
+    # ignore_https_errors: the throwaway CA is not the browser's.
+    with browser_page(browser, https_app.url, ignore_https_errors=True) as page:
         open_picker(page)
         page.get_by_role("button", name=re.compile(re.escape(PRIYA["displayName"]))).click()
         page.wait_for_url(f"{https_app.url}/")
         expect(header(page)).to_contain_text(f"Signed in as {PRIYA['displayName']}")
         # __Host-: the browser lets no other origin (a sibling subdomain, plain http) set it.
-        cookie = next(c for c in context.cookies() if c["name"] == "__Host-session")
+        cookie = next(c for c in page.context.cookies() if c["name"] == "__Host-session")
         assert cookie["secure"] and cookie["httpOnly"] and cookie["sameSite"] == "Lax" and cookie["path"] == "/"
         assert "domain" not in cookie or not cookie["domain"].startswith(".")
-        assert not [c for c in context.cookies() if "signin_pending" in c["name"]]  # dropped at sign-in
+        assert not [c for c in page.context.cookies() if "signin_pending" in c["name"]]  # dropped at sign-in
 
         header(page).get_by_role("button", name="Sign out").click()
         expect(page.get_by_role("heading", name="You signed out of your account")).to_be_visible()
         page.goto("/")
         expect(page.get_by_role("main").get_by_role("link", name="Sign in")).to_be_visible()
         expect(page.locator("body")).not_to_contain_text("Signed in as")
-    finally:
-        context.close()
 
 
 def test_cancel_on_the_picker_shows_the_cancelled_page(page, live_app, axe):
@@ -207,7 +182,7 @@ def test_cancel_on_the_picker_shows_the_cancelled_page(page, live_app, axe):
     expect(page.locator("body")).not_to_contain_text("Signed in as")
     assert any(url.startswith(f"{live_app.url}/getAToken") and status == 403
                for url, status in response_statuses), response_statuses
-    shot(page, "06-error-cancelled.png")
+    screenshot(page, "06-error-cancelled.png")
     check_accessibility(axe, page, "sign-in cancelled error page")
 
 
@@ -216,7 +191,7 @@ def test_unknown_address_shows_the_not_found_page(page, axe):
     assert response is not None and response.status == 404
     expect(page.get_by_role("heading", level=1)).to_have_text("Page not found")
     expect(page.get_by_role("link", name="Home")).to_be_visible()
-    shot(page, "07-error-not-found.png")
+    screenshot(page, "07-error-not-found.png")
     check_accessibility(axe, page, "404 page")
 
 

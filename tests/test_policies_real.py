@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from live import ROOT, WebUser, follow_hinted_sign_in, query_of
+from live import WebUser, browser_page, follow_hinted_sign_in, query_of, screenshot
 from local_entra import USERS
 from local_entra import claims as stand_in_claims
 from local_entra.sso import login_hint
@@ -216,21 +216,12 @@ def test_the_leak_patterns_find_what_they_look_for():
 
 # --- Chromium: a revocation and a step-up, without the account picker --------------------------
 
-ARTIFACTS = ROOT / "test-artifacts" / "browser"
-TIMEOUT_MS = 15_000  # a wait, never a measurement
 
 
 @pytest.fixture
 def page(browser, live_app, fresh_stand_in):
-    context = browser.new_context(viewport={"width": 1100, "height": 800}, base_url=live_app.url, locale="en-US")
-    context.set_default_timeout(TIMEOUT_MS)
-    yield context.new_page()
-    context.close()
-
-
-def shot(page, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+    with browser_page(browser, live_app.url) as new_page:
+        yield new_page
 
 
 @pytest.mark.browser
@@ -256,7 +247,7 @@ def test_chromium_keeps_the_profile_through_a_cae_revocation_and_steps_up_withou
     expect(profile_card).to_contain_text(ADELE["jobTitle"])
     assert stand_in.authorize_requests == []  # answered silently
     assert any(r["claims"] and '"nbf"' in r["claims"] for r in stand_in.token_requests)
-    shot(page, "policies-01-profile-after-cae-revocation.png")
+    screenshot(page, "policies-01-profile-after-cae-revocation.png")
 
     stand_in.require_step_up()
     stand_in.reset_counters()
@@ -273,4 +264,4 @@ def test_chromium_keeps_the_profile_through_a_cae_revocation_and_steps_up_withou
     [sign_in] = stand_in.authorize_requests
     assert sign_in["login_hint"] == expected_hint(ADELE, stand_in) and sign_in["prompt"] is None
     assert stand_in_claims.STEP_UP_POLICY_ID in sign_in["claims"]
-    shot(page, "policies-02-profile-after-step-up.png")
+    screenshot(page, "policies-02-profile-after-step-up.png")

@@ -25,7 +25,7 @@ import requests
 import live
 from app import create_app
 from conftest import ISSUER, AuthActions, fast_config, home_page_shows_signed_in
-from live import ROOT, AppServer, WebUser, iframe_sources, wait_for
+from live import AppServer, WebUser, browser_page, iframe_sources, screenshot, wait_for
 from local_entra import USERS
 from local_entra.sso import SESSION_COOKIE, login_hint
 from sessions import SIGNED_IN_KEY
@@ -280,8 +280,6 @@ def test_a_sid_index_entry_does_not_outlive_its_session_when_the_browser_signs_i
 
 # --- Chromium ------------------------------------------------------------------------------
 
-ARTIFACTS = ROOT / "test-artifacts" / "browser"
-TIMEOUT_MS = 15_000  # a wait, never a measurement
 
 
 @pytest.fixture
@@ -296,16 +294,8 @@ def frontchannel_app(live_app, stand_in):
 
 @pytest.fixture
 def page(browser, frontchannel_app, fresh_stand_in):
-    context = browser.new_context(viewport={"width": 1100, "height": 800}, base_url=frontchannel_app.url,
-                                  locale="en-US")
-    context.set_default_timeout(TIMEOUT_MS)
-    yield context.new_page()
-    context.close()
-
-
-def shot(page, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+    with browser_page(browser, frontchannel_app.url) as new_page:
+        yield new_page
 
 
 def sign_in_with_the_picker(page, app_url: str, user: dict) -> None:
@@ -355,12 +345,12 @@ def test_chromium_sign_out_everywhere_at_the_stand_in_signs_the_user_out_of_the_
                      what="the front-channel iframe")
     wait_for(lambda: "You are signed out of this app." in frame.content(), timeout=10,
              what="the front-channel page in the iframe")
-    shot(page, "sign-out-everywhere-01-stand-in-signed-out.png")
+    screenshot(page, "sign-out-everywhere-01-stand-in-signed-out.png")
 
     assert_signed_out_of_the_app(page)
     page.goto("/call_downstream_api")  # signed out for real: the API page asks for a sign-in
     expect(page.get_by_role("heading", name="Pick an account")).to_be_visible()
-    shot(page, "sign-out-everywhere-02-app-signed-out.png")
+    screenshot(page, "sign-out-everywhere-02-app-signed-out.png")
 
 
 @pytest.mark.browser
@@ -377,7 +367,7 @@ def test_chromium_the_app_s_sign_out_button_signs_out_at_the_stand_in_without_as
     [logout] = stand_in.logout_requests
     assert logout["logout_hint"] == login_hint(BOB["id"], stand_in.tenant_id)
     assert logout["post_logout_redirect_uri"] == f"{frontchannel_app.url}/"
-    shot(page, "sign-out-everywhere-03-app-sign-out-no-question.png")
+    screenshot(page, "sign-out-everywhere-03-app-sign-out-no-question.png")
 
     # The stand-in's session ended too (a question would have left it signed in).
     page.goto(f"{stand_in.front_url}/")
