@@ -8,7 +8,7 @@ sees in between differs.
 import uuid
 from urllib.parse import urlencode, urlsplit
 
-from flask import make_response, redirect, render_template
+from flask import make_response, redirect, render_template, url_for
 
 from . import sso
 
@@ -63,6 +63,24 @@ def validate(standin, args, error_page):
         "client_id": client_id,
         "claims": args.get("claims"),
     }, None
+
+
+def picker_page(standin, validated, action_endpoint, forgot_endpoint=None, **url_values):
+    """The account picker for a checked request. The request stays on the server; the form
+    carries only its id, so the browser cannot alter the client, reply URL or challenge.
+    `forgot_endpoint`: B2C's "Forgot your password?" link, for that same request."""
+    request_id = standin.store.add_pending(validated)
+    _, session = sso.current(standin)
+    return render_template(
+        "picker.html",
+        title="Pick an account",
+        users=standin.users(),
+        signed_in_id=session and session["user_id"],
+        request_id=request_id,
+        client_id=validated["client_id"],
+        action=url_for(action_endpoint, **url_values),
+        forgot_url=forgot_endpoint and url_for(forgot_endpoint, request_id=request_id, **url_values),
+    )
 
 
 def complete_sign_in(standin, pending, user):

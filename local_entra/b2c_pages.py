@@ -63,19 +63,9 @@ def add_user_flow_pages(app, standin, error_page):
         })
 
     def picker(tenant, flow, validated):
-        _, session = sso.current(standin)
-        request_id = standin.store.add_pending(validated)
         offers_reset = standin.user_flow_kind(flow) == SIGN_UP_SIGN_IN
-        return render_template(
-            "picker.html",
-            title="Pick an account",
-            users=standin.users(),
-            signed_in_id=session and session["user_id"],
-            request_id=request_id,
-            client_id=validated["client_id"],
-            action=url_for("user_flow_pick", tenant=tenant, flow=flow),
-            forgot_url=offers_reset and url_for("forgot_password", tenant=tenant, flow=flow, request_id=request_id),
-        )
+        return authorize.picker_page(standin, validated, "user_flow_pick",
+                                     "forgot_password" if offers_reset else None, tenant=tenant, flow=flow)
 
     def edit_profile_page(tenant, flow, validated, user, problem=None, status=200):
         request_id = standin.store.add_pending({**validated, "user_id": user["id"]})

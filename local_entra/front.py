@@ -9,7 +9,7 @@ Signing out (end-session, front-channel logout) lives in ``signout``.
 
 import uuid
 
-from flask import Flask, abort, jsonify, render_template, request, url_for
+from flask import Flask, abort, jsonify, render_template, request
 
 from . import authorize, sso
 from .b2c_pages import add_user_flow_pages
@@ -85,19 +85,7 @@ def _add_authorize_routes(app, standin, error_page):
         hinted = sso.user_for_hint(args.get("login_hint"), standin.tenant_id)
         if hinted is not None and not set(args.get("prompt", "").split()) & _ASK_ANYWAY_PROMPTS:
             return authorize.complete_sign_in(standin, validated, hinted)
-        # The validated request stays on the server; the form carries only its
-        # id, so the browser cannot alter the client, reply URL or challenge.
-        request_id = standin.store.add_pending(validated)
-        _, session = sso.current(standin)
-        return render_template(
-            "picker.html",
-            title="Pick an account",
-            users=standin.users(),
-            signed_in_id=session and session["user_id"],
-            request_id=request_id,
-            client_id=validated["client_id"],
-            action=url_for("pick", tenant=tenant),
-        )
+        return authorize.picker_page(standin, validated, "pick", tenant=tenant)
 
     @app.post("/<tenant>/oauth2/v2.0/authorize")
     def pick(tenant):
