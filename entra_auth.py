@@ -29,6 +29,7 @@ import json
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import identity.web
@@ -95,6 +96,13 @@ def _decodes_to_a_json_object(value: str) -> bool:
     except (ValueError, binascii.Error):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         return False
     return isinstance(decoded, dict)
+
+
+@dataclass
+class _SignInOutcome:
+    """What a sign-in's guard learnt while identity completed it."""
+
+    answered_for_someone_else: bool = False  # a user flow of the signed-in user, answered for another
 
 
 def _same_person(before: dict, after: dict) -> bool:
@@ -424,14 +432,10 @@ class EntraAuth(identity.web.Auth):
         flow = self._session.get(self._AUTH_FLOW) or {}
         next_link = flow.get(NEXT_LINK_KEY)
         self.http_client.token_requests = 0
-        someone_else = [False]
+        guard = self._keeping_the_user() if same_user else self._replacing_the_session(answer, flow)
         try:
-            if same_user:
-                with self._keeping_the_user() as someone_else:
-                    result = self.complete_log_in(answer)
-            else:
-                with self._replacing_the_session(answer, flow):
-                    result = self.complete_log_in(answer)
+            with guard as outcome:
+                result = self.complete_log_in(answer)
         except RuntimeError as exc:
             # MSAL's word for "the id token's nonce is not the one we sent" (a bare RuntimeError
             # naming the nonce; IdTokenError for the other id-token checks). Anything else that
@@ -444,7 +448,7 @@ class EntraAuth(identity.web.Auth):
         if "error" in result:
             self.forget_pending_sign_in()
             raise SignInError(result, next_link)
-        if result and someone_else[0]:
+        if result and outcome.answered_for_someone_else:
             logger.warning("User flow refused: it answered for another user than the one signed in")
             raise SignInFailed("That answer is for another account than the one signed in here.")
         if result:
@@ -470,13 +474,13 @@ class EntraAuth(identity.web.Auth):
         The pending sign-in is kept too unless its code was sent to the token endpoint.
         """
         if not (flow and answer.get("code") and answer.get("state") == flow.get("state")):
-            yield
+            yield _SignInOutcome()
             return
         previous = dict(self._session)
         self._session.clear()
         self._session[self._AUTH_FLOW] = flow
         try:
-            yield
+            yield _SignInOutcome()
         finally:
             if self._USER not in self._session:
                 self._session.clear()
@@ -491,18 +495,18 @@ class EntraAuth(identity.web.Auth):
         """Complete a user flow of the signed-in user inside this block: their new claims
         replace the old only if they are the same person (`oid`, else `sub`), and the
         tokens they had are kept (the flow's own are not what the app asked for). Yields a
-        list that holds True afterwards if the flow answered for somebody else."""
+        _SignInOutcome that says afterwards whether the flow answered for somebody else."""
         before_user, before_cache = self._session.get(self._USER), self._session.get(self._TOKEN_CACHE)
         if before_user is None:
             raise SignInFailed("Nobody is signed in here, so there is no profile to edit.")
-        someone_else = [False]
+        outcome = _SignInOutcome()
         try:
-            yield someone_else
+            yield outcome
         finally:
             after = self._session.get(self._USER)
             if after is not before_user and not _same_person(before_user, after or {}):
                 self._session[self._USER] = before_user
-                someone_else[0] = True
+                outcome.answered_for_someone_else = True
             if before_cache is not None:
                 self._session[self._TOKEN_CACHE] = before_cache
 
